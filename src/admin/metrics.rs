@@ -1,0 +1,222 @@
+//! Every metric name lives here. Handles are resolved when a generation is built, so the request
+//! path increments pre-registered atomics instead of hashing label sets per request. Gauges that
+//! mirror live state (in-flight, up, active connections) are set from that state at scrape time.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+pub const REQUESTS_TOTAL: &str = "waypost_requests_total";
+pub const REQUEST_DURATION: &str = "waypost_request_duration_seconds";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "waypost_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "waypost_upstream_duration_seconds";
+pub const BACKEND_UP: &str = "waypost_backend_up";
+pub const BACKEND_IN_FLIGHT: &str = "waypost_backend_in_flight";
+pub const RETRIES_TOTAL: &str = "waypost_retries_total";
+pub const NO_HEALTHY_BACKEND_TOTAL: &str = "waypost_no_healthy_backend_total";
+pub const CONNECTIONS_ACTIVE: &str = "waypost_connections_active";
+pub const CONNECTIONS_TOTAL: &str = "waypost_connections_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "waypost_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "waypost_config_generation";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "waypost_config_last_reload_success_timestamp_seconds";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "waypost_access_log_dropped_total";
+
+/// Status classes as label values; index 5 is a transport failure with no status at all.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+pub fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+pub const ERROR_CLASS: usize = 5;
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide Prometheus recorder (once) and return its handle.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+            .expect("static bucket list is not empty")
+            // Gauges are refreshed at every scrape; ones not refreshed belong to removed
+            // backends or listeners and are dropped.
+            .idle_timeout(
+                MetricKindMask::GAUGE,
+                Some(std::time::Duration::from_secs(300)),
+            )
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a host program embedding the library);
+        // then this handle still renders what our own recorder holds.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by listener, route and status class."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request head to the end of the response, by route."
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Requests sent to backends, by pool, backend and status class (error: no response)."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Time from sending to a backend to its response head."
+    );
+    describe_gauge!(BACKEND_UP, "1 while a backend may receive traffic, else 0.");
+    describe_gauge!(BACKEND_IN_FLIGHT, "Requests in flight to a backend.");
+    describe_counter!(RETRIES_TOTAL, "Requests retried on another backend.");
+    describe_counter!(
+        NO_HEALTHY_BACKEND_TOTAL,
+        "Requests refused because no backend of the pool could take them."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Client connections accepted, by listener."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success or failure)."
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "The generation number of the running config."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful config load."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped because the writer fell behind."
+    );
+}
+
+/// Per-route handles: requests by listener and status class, and the duration histogram.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    requests: Vec<[Counter; 6]>,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, listeners: &[Arc<str>]) -> RouteMetrics {
+        let requests = listeners
+            .iter()
+            .map(|l| {
+                STATUS_CLASSES.map(|class| {
+                    counter!(REQUESTS_TOTAL, "listener" => l.to_string(), "route" => route.to_string(), "status_class" => class)
+                })
+            })
+            .collect();
+        RouteMetrics {
+            requests,
+            duration: histogram!(REQUEST_DURATION, "route" => route.to_string()),
+        }
+    }
+
+    pub fn request(&self, listener: usize, class: usize) {
+        if let Some(per) = self.requests.get(listener) {
+            per[class].increment(1);
+        }
+    }
+}
+
+/// Requests that matched no route still count, under route "".
+pub fn unrouted(listener: &str, class: usize) {
+    counter!(REQUESTS_TOTAL, "listener" => listener.to_string(), "route" => "", "status_class" => STATUS_CLASSES[class]).increment(1);
+}
+
+#[derive(Debug)]
+pub struct BackendMetrics {
+    upstream: [Counter; 6],
+    pub duration: Histogram,
+}
+
+impl BackendMetrics {
+    pub fn new(pool: &str, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            upstream: STATUS_CLASSES.map(|class| {
+                counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => pool.to_string(), "backend" => backend.to_string(), "status_class" => class)
+            }),
+            duration: histogram!(UPSTREAM_DURATION, "pool" => pool.to_string(), "backend" => backend.to_string()),
+        }
+    }
+
+    pub fn response(&self, class: usize) {
+        self.upstream[class].increment(1);
+    }
+}
+
+#[derive(Debug)]
+pub struct PoolMetrics {
+    pub retries: Counter,
+    pub no_healthy: Counter,
+}
+
+impl PoolMetrics {
+    pub fn new(pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            retries: counter!(RETRIES_TOTAL, "pool" => pool.to_string()),
+            no_healthy: counter!(NO_HEALTHY_BACKEND_TOTAL, "pool" => pool.to_string()),
+        }
+    }
+}
+
+pub fn connections_total(listener: &str) -> Counter {
+    counter!(CONNECTIONS_TOTAL, "listener" => listener.to_string())
+}
+
+pub fn set_connections_active(listener: &str, n: usize) {
+    gauge!(CONNECTIONS_ACTIVE, "listener" => listener.to_string()).set(n as f64);
+}
+
+pub fn set_backend(pool: &str, backend: &str, up: bool, in_flight: usize) {
+    gauge!(BACKEND_UP, "pool" => pool.to_string(), "backend" => backend.to_string()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+    gauge!(BACKEND_IN_FLIGHT, "pool" => pool.to_string(), "backend" => backend.to_string())
+        .set(in_flight as f64);
+}
+
+pub fn reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+pub fn set_generation(generation: u64, last_success_unix: f64) {
+    gauge!(CONFIG_GENERATION).set(generation as f64);
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(last_success_unix);
+}
+
+pub fn access_log_dropped() {
+    counter!(ACCESS_LOG_DROPPED_TOTAL).increment(1);
+}

@@ -1,0 +1,203 @@
+//! The admin API on [admin].bind: GET /metrics /healthz /readyz /status, POST /reload. POST
+//! endpoints need the bearer token when one is configured.
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::app::{self, Shared};
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(req, &shared).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+fn text(status: StatusCode, s: &'static str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", s)
+}
+
+async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            refresh_gauges(shared);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::install().render(),
+            )
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if shared.ready.load(Ordering::Relaxed) && !*shared.drain.borrow() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared)),
+        (&Method::POST, "/reload") => {
+            if let Some(denied) = check_token(&req, shared) {
+                return denied;
+            }
+            let out = app::reload(shared).await;
+            let code = if out.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            json_reply(code, serde_json::to_value(&out).unwrap_or_default())
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 unknown admin endpoint\n"),
+    }
+}
+
+/// `None` when the request may proceed; else the refusal to send.
+fn check_token(req: &Request<Incoming>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    let state = shared.state.load();
+    let expected = state.config.admin.token.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    if bool::from(given.ct_eq(expected.as_bytes())) {
+        None
+    } else {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "401 a valid bearer token is required\n",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(r)
+    }
+}
+
+fn refresh_gauges(shared: &Shared) {
+    let state = shared.state.load();
+    for pool in &state.pools {
+        for b in &pool.members {
+            metrics::set_backend(&pool.name, &b.label, b.is_up(), b.in_flight());
+        }
+    }
+    if let Ok(map) = shared.listeners.lock() {
+        for r in map.values() {
+            metrics::set_connections_active(&r.stats.name, r.stats.active.load(Ordering::Relaxed));
+        }
+    }
+    metrics::set_generation(state.generation, shared.last_success());
+}
+
+/// What an operator wants to see at a glance; never secrets (the admin token is not shown).
+fn status(shared: &Shared) -> serde_json::Value {
+    let state = shared.state.load();
+    let listeners: Vec<_> = shared
+        .listeners
+        .lock()
+        .map(|m| {
+            let mut v: Vec<_> = m
+                .values()
+                .map(|r| {
+                    json!({
+                        "name": &*r.stats.name,
+                        "address": r.stats.bind.to_string(),
+                        "connections_active": r.stats.active.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            v.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            v
+        })
+        .unwrap_or_default();
+    let pools: Vec<_> = state
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": &*p.name,
+                "balance": p.policy().as_str(),
+                "backends": p.members.iter().zip(&p.weights).map(|(b, w)| json!({
+                    "address": &*b.label,
+                    "state": if b.is_up() { "up" } else { "down" },
+                    "weight": w,
+                    "in_flight": b.in_flight(),
+                    "idle_connections": b.idle_connections(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let routes: Vec<_> = state
+        .routes
+        .iter()
+        .map(|r| json!({"name": &*r.name, "pool": &*state.pools[r.pool].name}))
+        .collect();
+    let last = shared
+        .last_reload
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generation": state.generation,
+        "config_hash": state.config.hash,
+        "config_path": shared.config_path.as_ref().map(|p| p.display().to_string()),
+        "ready": shared.ready.load(Ordering::Relaxed) && !*shared.drain.borrow(),
+        "connections_active": shared.gate.active(),
+        "last_reload": last,
+        "listeners": listeners,
+        "pools": pools,
+        "routes": routes,
+    })
+}

@@ -1,0 +1,443 @@
+//! Start-up and shutdown wiring. Worker threads each run a single-threaded runtime that accepts
+//! and serves connections (the per-core model of nginx and HAProxy: no work stealing, no
+//! cross-thread wake-ups on the request path). The control runtime on the main thread runs the
+//! admin API, signals and reloads. A reload builds a new State and swaps it in with arc-swap.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::{self, metrics};
+use crate::config::{self, Config, ListenerConfig, LoadError};
+use crate::listener::{self, ConnGate, ListenerStats};
+use crate::state::State;
+use crate::upstream;
+
+/// Process-wide state that outlives generations.
+pub struct Shared {
+    pub state: ArcSwap<State>,
+    pub config_path: Option<PathBuf>,
+    pub gate: ConnGate,
+    /// Turns true once at shutdown: every connection finishes its request and closes.
+    pub drain: watch::Sender<bool>,
+    pub ready: AtomicBool,
+    pub listeners: Mutex<HashMap<String, RunningListener>>,
+    workers: Vec<mpsc::UnboundedSender<WorkerCmd>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    pub last_reload: Mutex<LastReload>,
+    /// Unix time (f64 bits) of the last config load that went into service.
+    last_success: AtomicU64,
+}
+
+impl Shared {
+    pub fn last_success(&self) -> f64 {
+        f64::from_bits(self.last_success.load(Ordering::Relaxed))
+    }
+
+    fn mark_success(&self, generation: u64) -> f64 {
+        let t = now_unix();
+        self.last_success.store(t.to_bits(), Ordering::Relaxed);
+        metrics::set_generation(generation, t);
+        t
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LastReload {
+    pub ok: bool,
+    pub time_unix: f64,
+    pub errors: Vec<String>,
+}
+
+pub struct RunningListener {
+    pub stats: Arc<ListenerStats>,
+    /// The address as configured (the bound one may differ when the port is 0).
+    pub configured: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+enum WorkerCmd {
+    Listen {
+        socket: std::net::TcpListener,
+        stats: Arc<ListenerStats>,
+        stop: watch::Receiver<bool>,
+        shared: Arc<Shared>,
+    },
+}
+
+/// The result of a reload, as POST /reload reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub generation: u64,
+    pub errors: Vec<String>,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Raise the soft open-files limit to the hard limit: a proxy holds two descriptors per request.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-files limit");
+            }
+        }
+    }
+}
+
+pub fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("waypost={level},warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Run the daemon until SIGTERM/SIGINT, then drain and return.
+pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    init_tracing(&config.log.level);
+    metrics::install();
+    raise_nofile_limit();
+    let workers = match config.server.worker_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    upstream::set_workers(workers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    rt.block_on(control(config, config_path, workers))
+}
+
+async fn control(
+    config: Config,
+    config_path: Option<PathBuf>,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let grace = config.server.graceful_shutdown_timeout;
+    let admin_bind = config.admin.bind;
+    let max_conns = config.server.max_connections;
+    let listener_cfgs = config.listeners.clone();
+    let state = State::build(config, None, 1).map_err(|p| anyhow::anyhow!(format_problems(&p)))?;
+
+    let mut senders = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        std::thread::Builder::new()
+            .name(format!("waypost-worker-{id}"))
+            .spawn(move || worker(id + 1, rx))
+            .context("cannot start a worker thread")?;
+    }
+    let shared = Arc::new(Shared {
+        state: ArcSwap::from_pointee(state),
+        config_path,
+        gate: ConnGate::new(max_conns),
+        drain: watch::channel(false).0,
+        ready: AtomicBool::new(false),
+        listeners: Mutex::new(HashMap::new()),
+        workers: senders,
+        reload_lock: tokio::sync::Mutex::new(()),
+        last_reload: Mutex::new(LastReload {
+            ok: true,
+            time_unix: now_unix(),
+            errors: vec![],
+        }),
+        last_success: AtomicU64::new(0),
+    });
+    shared.mark_success(1);
+
+    let bound = bind_all(&listener_cfgs).map_err(|e| anyhow::anyhow!(e))?;
+    for (cfg, socket) in listener_cfgs.iter().zip(bound) {
+        start_listener(&shared, cfg, socket);
+    }
+    let admin_socket = listener::bind(admin_bind)
+        .with_context(|| format!("cannot bind the admin API on {admin_bind}"))?;
+    let admin_addr = admin_socket.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
+    tracing::info!(address = %admin_addr, "admin API listening");
+    tokio::spawn(admin::serve(admin_listener, shared.clone()));
+    tokio::spawn(upkeep());
+    shared.ready.store(true, Ordering::Relaxed);
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let out = reload(&shared).await;
+                if out.ok {
+                    tracing::info!(generation = out.generation, "reloaded on SIGHUP");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    shutdown(&shared, grace).await;
+    Ok(())
+}
+
+fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
+    upstream::set_worker_id(id);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                WorkerCmd::Listen {
+                    socket,
+                    stats,
+                    stop,
+                    shared,
+                } => {
+                    tokio::spawn(listener::accept_loop(socket, stats, shared, stop));
+                }
+            }
+        }
+    });
+}
+
+/// Bind every listener first, so a failure changes nothing.
+fn bind_all(cfgs: &[ListenerConfig]) -> Result<Vec<std::net::TcpListener>, String> {
+    cfgs.iter()
+        .map(|c| {
+            listener::bind(c.bind)
+                .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", c.name, c.bind))
+        })
+        .collect()
+}
+
+fn start_listener(shared: &Arc<Shared>, cfg: &ListenerConfig, socket: std::net::TcpListener) {
+    let addr = socket.local_addr().unwrap_or(cfg.bind);
+    let stats = Arc::new(ListenerStats::new(&cfg.name, addr));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for w in &shared.workers {
+        match socket.try_clone() {
+            Ok(s) => {
+                let _ = w.send(WorkerCmd::Listen {
+                    socket: s,
+                    stats: stats.clone(),
+                    stop: stop_rx.clone(),
+                    shared: shared.clone(),
+                });
+            }
+            Err(e) => {
+                tracing::error!(listener = %cfg.name, error = %e, "cannot share listener with a worker")
+            }
+        }
+    }
+    tracing::info!(listener = %cfg.name, address = %addr, "listening");
+    if let Ok(mut map) = shared.listeners.lock() {
+        map.insert(
+            cfg.name.clone(),
+            RunningListener {
+                stats,
+                configured: cfg.bind,
+                stop: stop_tx,
+            },
+        );
+    }
+}
+
+/// Reload the config file: validate, bind new listeners, build and swap the new State, stop
+/// removed listeners. Any failure keeps the running generation untouched.
+pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
+    let _guard = shared.reload_lock.lock().await;
+    let current = shared.state.load_full();
+    let fail = |errors: Vec<String>| {
+        for e in &errors {
+            tracing::error!("reload rejected: {e}");
+        }
+        metrics::reload(false);
+        if let Ok(mut l) = shared.last_reload.lock() {
+            *l = LastReload {
+                ok: false,
+                time_unix: now_unix(),
+                errors: errors.clone(),
+            };
+        }
+        ReloadOutcome {
+            ok: false,
+            generation: current.generation,
+            errors,
+        }
+    };
+    let Some(path) = shared.config_path.clone() else {
+        return fail(vec![
+            "this instance runs a built-in config and has no file to reload".into(),
+        ]);
+    };
+    let cfg = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(LoadError::Invalid(problems))) => {
+            return fail(problems.iter().map(|p| p.to_string()).collect())
+        }
+        Ok(Err(e)) => return fail(vec![e.to_string()]),
+        Err(e) => return fail(vec![format!("reload task failed: {e}")]),
+    };
+    let old = &current.config;
+    if cfg.server.worker_threads != old.server.worker_threads {
+        tracing::warn!("server.worker_threads changed: takes effect at the next restart");
+    }
+    if cfg.admin.bind != old.admin.bind {
+        tracing::warn!("admin.bind changed: takes effect at the next restart");
+    }
+
+    // Listeners to add (a new name, or a known name on a new address) and to remove.
+    let running: Vec<(String, SocketAddr)> = shared
+        .listeners
+        .lock()
+        .map(|m| m.iter().map(|(n, r)| (n.clone(), r.configured)).collect())
+        .unwrap_or_default();
+    let to_add: Vec<ListenerConfig> = cfg
+        .listeners
+        .iter()
+        .filter(|l| !running.iter().any(|(n, a)| *n == l.name && *a == l.bind))
+        .cloned()
+        .collect();
+    let to_remove: Vec<(String, SocketAddr)> = running
+        .into_iter()
+        .filter(|(n, a)| !cfg.listeners.iter().any(|l| l.name == *n && l.bind == *a))
+        .collect();
+    // Addresses being freed by this reload can be taken over by another listener only after the
+    // old one stops; bind those after stopping, the rest before anything changes.
+    let freed: Vec<SocketAddr> = to_remove.iter().map(|(_, a)| *a).collect();
+    let (early, late): (Vec<_>, Vec<_>) =
+        to_add.into_iter().partition(|l| !freed.contains(&l.bind));
+    let early_sockets = match bind_all(&early) {
+        Ok(s) => s,
+        Err(e) => return fail(vec![e]),
+    };
+    let generation = current.generation + 1;
+    let max_conns = cfg.server.max_connections;
+    let new_state = match State::build(cfg, Some(&current), generation) {
+        Ok(s) => s,
+        Err(p) => return fail(p.iter().map(|p| p.to_string()).collect()),
+    };
+    shared.state.store(Arc::new(new_state));
+    shared.gate.set_max(max_conns);
+    for (cfg, socket) in early.iter().zip(early_sockets) {
+        start_listener(shared, cfg, socket);
+    }
+    for (name, _) in &to_remove {
+        let removed = shared
+            .listeners
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(name));
+        if let Some(r) = removed {
+            let _ = r.stop.send(true);
+            tracing::info!(listener = %name, "listener removed; its connections drain");
+        }
+    }
+    let mut errors = Vec::new();
+    for cfg in &late {
+        // The old socket closes once every worker has dropped it; give them a moment.
+        let mut socket = listener::bind(cfg.bind);
+        for _ in 0..50 {
+            if socket.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            socket = listener::bind(cfg.bind);
+        }
+        match socket {
+            Ok(s) => start_listener(shared, cfg, s),
+            Err(e) => errors.push(format!(
+                "listener {:?}: cannot bind {}: {e}",
+                cfg.name, cfg.bind
+            )),
+        }
+    }
+    metrics::reload(true);
+    let t = shared.mark_success(generation);
+    if let Ok(mut l) = shared.last_reload.lock() {
+        *l = LastReload {
+            ok: errors.is_empty(),
+            time_unix: t,
+            errors: errors.clone(),
+        };
+    }
+    ReloadOutcome {
+        ok: errors.is_empty(),
+        generation,
+        errors,
+    }
+}
+
+/// Stop accepting, let connections finish their requests up to `grace`, then return.
+async fn shutdown(shared: &Arc<Shared>, grace: Duration) {
+    tracing::info!(timeout = ?grace, "shutting down: draining connections");
+    shared.ready.store(false, Ordering::Relaxed);
+    if let Ok(map) = shared.listeners.lock() {
+        for r in map.values() {
+            let _ = r.stop.send(true);
+        }
+    }
+    let _ = shared.drain.send(true);
+    if tokio::time::timeout(grace, shared.gate.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shared.gate.active(),
+            "graceful shutdown timed out; closing remaining connections"
+        );
+    } else {
+        tracing::info!("all connections drained");
+    }
+}
+
+/// Histograms are summarised periodically rather than on the request path.
+async fn upkeep() {
+    let handle = metrics::install();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+pub fn format_problems(problems: &[config::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

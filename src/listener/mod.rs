@@ -1,0 +1,209 @@
+//! Listening sockets: bind, accept under the process-wide connection limit, and serve each
+//! connection with HTTP/1.1 and h2c (prior knowledge) on the same port, draining gracefully
+//! when the listener is removed or the process stops.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ::metrics::Counter;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::admin::metrics;
+use crate::app::Shared;
+use crate::proxy::{self, ConnInfo};
+
+/// Per-listener counters, shared by every worker's accept loop.
+pub struct ListenerStats {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub active: AtomicUsize,
+    total: Counter,
+}
+
+impl ListenerStats {
+    pub fn new(name: &str, bind: SocketAddr) -> ListenerStats {
+        ListenerStats {
+            name: name.into(),
+            bind,
+            active: AtomicUsize::new(0),
+            total: metrics::connections_total(name),
+        }
+    }
+}
+
+/// The process-wide count of open client connections, with the limit past which accepting pauses.
+pub struct ConnGate {
+    active: AtomicUsize,
+    max: AtomicUsize,
+    changed: Notify,
+}
+
+impl ConnGate {
+    pub fn new(max: usize) -> ConnGate {
+        ConnGate {
+            active: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Wait until a connection may be accepted.
+    async fn admit(&self) {
+        loop {
+            let notified = self.changed.notified();
+            if self.active.load(Ordering::Relaxed) < self.max.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until no connection is open.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.changed.notified();
+            if self.active.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one connection open until dropped.
+struct Open<'a> {
+    gate: &'a ConnGate,
+    stats: &'a ListenerStats,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.gate.active.fetch_sub(1, Ordering::Relaxed);
+        self.gate.changed.notify_waiters();
+    }
+}
+
+/// Bind a listening socket the way a server should: reuse the address across restarts, a deep
+/// accept backlog, non-blocking for the runtime.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().keep_alive(true).timer(TokioTimer::new());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Accept connections on one worker until `stop` turns true.
+pub async fn accept_loop(
+    listener: std::net::TcpListener,
+    stats: Arc<ListenerStats>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %stats.name, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let builder = Arc::new(server_builder());
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            _ = shared.gate.admit() => {}
+        }
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                shared.gate.active.fetch_add(1, Ordering::Relaxed);
+                stats.active.fetch_add(1, Ordering::Relaxed);
+                stats.total.increment(1);
+                tokio::spawn(serve(
+                    stream,
+                    peer,
+                    stats.clone(),
+                    shared.clone(),
+                    builder.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors or a transient error: back off briefly instead of
+                // spinning; connections already open keep being served.
+                tracing::warn!(listener = %stats.name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    stats: Arc<ListenerStats>,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _open = Open {
+        gate: &shared.gate,
+        stats: &stats,
+    };
+    let _ = stream.set_nodelay(true);
+    let info = Arc::new(ConnInfo::new(stats.name.clone(), peer, "http"));
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| {
+        let info = info.clone();
+        let state = svc_shared.state.load_full();
+        async move { Ok::<_, Infallible>(proxy::handle(req, &info, state).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut drain = shared.drain.subscribe();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+            }
+            return;
+        }
+        _ = drain.wait_for(|d| *d) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    // Finish the request in progress, then close; idle keep-alive connections close at once.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}

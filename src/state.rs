@@ -1,0 +1,90 @@
+//! `State`: one immutable generation of the running config, compiled for the request path. A
+//! request loads one `Arc<State>` and keeps it to the end; a reload builds the next one from the
+//! new config and the previous State, so backends keep their counters and idle connections.
+
+use std::sync::Arc;
+
+use crate::accesslog::AccessLog;
+use crate::admin::metrics::RouteMetrics;
+use crate::config::{Config, PathMatch, Problem};
+use crate::router::Router;
+use crate::upstream::Pool;
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub pool: usize,
+    /// Bytes of matched prefix removed before forwarding (0: none).
+    pub strip: usize,
+    pub metrics: RouteMetrics,
+}
+
+pub struct State {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub pools: Vec<Arc<Pool>>,
+    pub listeners: Vec<Arc<str>>,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+impl State {
+    /// Build generation `generation` from `config`, carrying over what `previous` had.
+    pub fn build(
+        config: Config,
+        previous: Option<&State>,
+        generation: u64,
+    ) -> Result<State, Vec<Problem>> {
+        let listeners: Vec<Arc<str>> = config
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str().into())
+            .collect();
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|pc| {
+                let prev = previous.and_then(|p| p.pools.iter().find(|x| *x.name == *pc.name));
+                Arc::new(Pool::new(pc, prev.map(|p| &**p)))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|rc| Route {
+                name: rc.name.as_str().into(),
+                pool: pools.iter().position(|p| *p.name == *rc.pool).unwrap_or(0),
+                strip: match (&rc.path, rc.strip_prefix) {
+                    (PathMatch::Prefix(p), true) => p.trim_end_matches('/').len(),
+                    _ => 0,
+                },
+                metrics: RouteMetrics::new(&rc.name, &listeners),
+            })
+            .collect();
+        let access_log =
+            AccessLog::reuse_or_open(&config.log, previous.and_then(|p| p.access_log.as_ref()))
+                .map_err(|e| {
+                    vec![Problem {
+                        path: "log.access".into(),
+                        line: 0,
+                        message: e,
+                    }]
+                })?;
+        Ok(State {
+            generation,
+            router: Router::new(&config.routes),
+            routes,
+            pools,
+            listeners,
+            access_log,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn listener_index(&self, name: &str) -> usize {
+        self.listeners
+            .iter()
+            .position(|l| &**l == name)
+            .unwrap_or(usize::MAX)
+    }
+}

@@ -1,0 +1,418 @@
+//! Backends and the way to them: per-backend idle connection stacks (one per worker thread, so a
+//! connection stays on the runtime that drives it), dialing with timeouts, sending with a
+//! response timeout, and one safe retry on another backend.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::admin::metrics::{class_index, BackendMetrics, PoolMetrics, ERROR_CLASS};
+use crate::balancer::Balancer;
+use crate::config::{Balance, PoolConfig};
+use crate::error::ProxyError;
+use crate::proxy::body::ProxyBody;
+
+/// Idle upstream connections older than this are closed rather than reused: many servers drop
+/// idle keep-alive connections after a few seconds, and a request written into a connection the
+/// server is closing is lost if it cannot be replayed.
+const IDLE_MAX_AGE: Duration = Duration::from_secs(4);
+/// Idle connections kept per backend and worker.
+const IDLE_MAX: usize = 512;
+
+static SHARDS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Set once at start: how many worker threads share the idle connection stacks.
+pub fn set_workers(n: usize) {
+    SHARDS.store(n.max(1) + 1, Ordering::Relaxed);
+}
+
+/// Called on each worker thread with its index; the control thread keeps index 0.
+pub fn set_worker_id(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
+fn shard(len: usize) -> usize {
+    WORKER.with(|w| w.get()) % len
+}
+
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// One backend address. Survives reloads (matched by pool name and address) so its counters,
+/// health and idle connections carry over.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The address as text: metrics label and log field.
+    pub label: Arc<str>,
+    pub pool: Arc<str>,
+    pub in_flight: AtomicUsize,
+    up: AtomicBool,
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    pub metrics: BackendMetrics,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Backend {
+    pub fn new(pool: &str, addr: SocketAddr) -> Backend {
+        let label: Arc<str> = addr.to_string().into();
+        let shards = SHARDS.load(Ordering::Relaxed);
+        Backend {
+            addr,
+            metrics: BackendMetrics::new(pool, &label),
+            label,
+            pool: pool.into(),
+            in_flight: AtomicUsize::new(0),
+            up: AtomicBool::new(true),
+            idle: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// Whether this backend may take new requests.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|s| s.lock().map(|v| v.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut stack = self.idle[shard(self.idle.len())].lock().ok()?;
+        while let Some(idle) = stack.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_MAX_AGE {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut stack) = self.idle[shard(self.idle.len())].lock() {
+            if stack.len() < IDLE_MAX {
+                stack.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+/// A request's hold on a backend: counts it in flight until dropped, and returns the
+/// connection to the idle stack only when the response body was read to its end.
+pub struct Lease {
+    backend: Arc<Backend>,
+    conn: Option<SendRequest<ProxyBody>>,
+}
+
+impl Lease {
+    fn new(backend: Arc<Backend>) -> Lease {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            backend,
+            conn: None,
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// The exchange completed cleanly: the connection may serve another request.
+    pub fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.backend.put_idle(c);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pool of one generation: its members (shared `Backend`s with this generation's weights),
+/// its balancer and timeouts.
+pub struct Pool {
+    pub name: Arc<str>,
+    pub members: Vec<Arc<Backend>>,
+    pub weights: Vec<u32>,
+    pub balancer: Balancer,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub retries: u32,
+    pub metrics: PoolMetrics,
+}
+
+impl Pool {
+    /// Build from config, reusing the previous generation's backends of the same address.
+    pub fn new(cfg: &PoolConfig, previous: Option<&Pool>) -> Pool {
+        let members: Vec<Arc<Backend>> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                previous
+                    .and_then(|p| p.members.iter().find(|m| m.addr == b.address))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(&cfg.name, b.address)))
+            })
+            .collect();
+        let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
+        Pool {
+            name: cfg.name.as_str().into(),
+            balancer: Balancer::new(cfg.balance, &weights),
+            members,
+            weights,
+            connect_timeout: cfg.connect_timeout,
+            response_timeout: cfg.response_timeout,
+            retries: cfg.retries,
+            metrics: PoolMetrics::new(&cfg.name),
+        }
+    }
+
+    pub fn policy(&self) -> Balance {
+        self.balancer.policy()
+    }
+
+    fn pick(&self, tried: &Tried) -> Option<usize> {
+        self.balancer.pick(
+            |i| !tried.contains(i) && self.members[i].is_up(),
+            |i| self.members[i].in_flight(),
+        )
+    }
+}
+
+/// Members already tried for this request (at most retries + 1, which config caps at 11).
+struct Tried {
+    list: [usize; 12],
+    len: usize,
+}
+
+impl Tried {
+    fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&i)
+    }
+    fn push(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+}
+
+/// What a request may be replayed from: its head, when it is idempotent and had no body.
+pub struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// Keep a copy only when a retry after sending could be allowed, so the common single-backend
+    /// or non-idempotent case copies nothing.
+    pub fn capture(req: &Request<ProxyBody>, pool: &Pool) -> Option<Replay> {
+        use http_body::Body;
+        if pool.retries == 0
+            || pool.members.len() < 2
+            || !is_idempotent(req.method())
+            || !req.body().is_end_stream()
+        {
+            return None;
+        }
+        Some(Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn rebuild(&self) -> Request<ProxyBody> {
+        let mut r = Request::new(ProxyBody::Empty);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+pub fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// Outcome notes for the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Attempts {
+    pub count: u32,
+    pub retried: bool,
+}
+
+/// Send `req` to a backend of `pool`, retrying on another backend when that is safe.
+pub async fn forward(
+    pool: &Pool,
+    mut req: Request<ProxyBody>,
+    replay: Option<Replay>,
+    notes: &mut Attempts,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let mut tried = Tried {
+        list: [0; 12],
+        len: 0,
+    };
+    let mut last_err = None;
+    loop {
+        let Some(idx) = pool.pick(&tried) else {
+            return Err(match last_err {
+                Some(e) => e,
+                None => {
+                    pool.metrics.no_healthy.increment(1);
+                    ProxyError::NoHealthyBackend
+                }
+            });
+        };
+        tried.push(idx);
+        notes.count += 1;
+        let backend = &pool.members[idx];
+        let mut lease = Lease::new(backend.clone());
+        let started = Instant::now();
+        let result = send(pool, backend, req).await;
+        backend
+            .metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
+        let may_retry = (tried.len as u32) <= pool.retries;
+        match result {
+            Ok((resp, conn)) => {
+                backend
+                    .metrics
+                    .response(class_index(resp.status().as_u16()));
+                lease.conn = Some(conn);
+                return Ok((resp, lease));
+            }
+            Err((err, returned)) => {
+                backend.metrics.response(ERROR_CLASS);
+                tracing::debug!(pool = %pool.name, backend = %backend.label, error = %err, "upstream attempt failed");
+                drop(lease);
+                let next = match returned {
+                    Some(r) => Some(r),
+                    None if err.retry_after_send() => replay.as_ref().map(Replay::rebuild),
+                    None => None,
+                };
+                match next {
+                    Some(r) if may_retry => {
+                        pool.metrics.retries.increment(1);
+                        notes.retried = true;
+                        req = r;
+                        last_err = Some(err);
+                    }
+                    _ => return Err(err),
+                }
+            }
+        }
+    }
+}
+
+type SendFailure = (ProxyError, Option<Request<ProxyBody>>);
+
+/// One attempt on one backend: an idle connection if one is ready, else a new one. The request
+/// comes back with the error whenever none of it was written, so the caller can try elsewhere.
+async fn send(
+    pool: &Pool,
+    backend: &Backend,
+    mut req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, SendRequest<ProxyBody>), SendFailure> {
+    while let Some(mut sender) = backend.take_idle() {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match exchange(pool, &mut sender, req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            // Not written: the idle connection went away under us; use a fresh one.
+            Err((_, Some(r))) => req = r,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut sender = match dial(backend.addr, pool.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Err((e, Some(req))),
+    };
+    let resp = exchange(pool, &mut sender, req).await?;
+    Ok((resp, sender))
+}
+
+async fn exchange(
+    pool: &Pool,
+    sender: &mut SendRequest<ProxyBody>,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendFailure> {
+    match tokio::time::timeout(pool.response_timeout, sender.try_send_request(req)).await {
+        Err(_) => Err((ProxyError::UpstreamTimeout, None)),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(mut e)) => {
+            let returned = e.take_message();
+            Err((ProxyError::UpstreamBroken(e.into_error()), returned))
+        }
+    }
+}
+
+/// Open a new HTTP/1.1 connection to a backend. Its driver task runs on the current runtime.
+pub async fn dial(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<SendRequest<ProxyBody>, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProxyError::UpstreamBroken)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::trace!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
