@@ -265,7 +265,8 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         o.finish();
     }
     let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
-    for (l, at) in &listeners {
+    // Port 0 asks the system for a free port: never a clash.
+    for (l, at) in listeners.iter().filter(|(l, _)| l.bind.port() != 0) {
         if let Some(other) = binds.insert(l.bind, &l.name) {
             ctx.problem(
                 format!("{}.bind", at.path),

@@ -1,0 +1,315 @@
+//! Shared test support: run the real `waypost` binary on a config written to a temp dir (every
+//! address on port 0, learned from the daemon's own log), plus small HTTP/1.1 and h2c clients.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+pub use waypost::testbackend::{Mode, TestBackend};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_waypost");
+
+/// A running waypost process.
+pub struct Proxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    /// Listener name -> bound address.
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Start waypost on `config` (TOML). Listeners and admin should bind port 0; their real
+    /// addresses are read from the log. Panics with the daemon's output if it does not come up.
+    pub fn start(config: &str) -> Proxy {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("waypost.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let expected = config.matches("[[listener]]").count();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "waypost=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn waypost");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stderr.take().expect("stderr"), stderr.clone());
+        collect(child.stdout.take().expect("stdout"), stdout.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = stderr.lock().unwrap().clone();
+            let listeners: HashMap<String, SocketAddr> = lines
+                .iter()
+                .filter(|l| l.contains(" listening ") && l.contains("listener="))
+                .filter_map(|l| Some((field(l, "listener=")?, field(l, "address=")?.parse().ok()?)))
+                .collect();
+            let admin = lines
+                .iter()
+                .find(|l| l.contains("admin API listening"))
+                .and_then(|l| field(l, "address=")?.parse().ok());
+            if let (Some(admin), true) = (admin, listeners.len() >= expected) {
+                return Proxy {
+                    child,
+                    dir,
+                    config_path,
+                    listeners,
+                    admin,
+                    stderr,
+                    stdout,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "waypost exited with {status} before listening:\n{}",
+                    lines.join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("waypost did not come up in time:\n{}", lines.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of the only (or first-named "http") listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners
+            .get("http")
+            .copied()
+            .or_else(|| self.listeners.values().next().copied())
+            .expect("a listener")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Access log lines written so far (stdout).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for the process to exit (after a signal) and return its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the process in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// GET an admin path; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = get(self.admin, path).await;
+        (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body()).into_owned(),
+        )
+    }
+
+    /// The value of one metric series from /metrics (exact series text, e.g.
+    /// `waypost_retries_total{pool="web"}`), or None if absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// `name=value` from a log line (value ends at a space; quotes trimmed).
+fn field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(name)? + name.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// Wait until `f` returns true, up to `timeout`; false if it never did.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One HTTP/1.1 request on a new connection; the whole response body collected.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Bytes> {
+    try_send(addr, req).await.expect("request failed")
+}
+
+pub async fn try_send(
+    addr: SocketAddr,
+    mut req: Request<Full<Bytes>>,
+) -> Result<Response<Bytes>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+    }
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Response<Bytes> {
+    send(
+        addr,
+        Request::get(path).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+}
+
+/// GET with a Host header.
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Response<Bytes> {
+    send(
+        addr,
+        Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// One h2c (prior knowledge) request; the whole body collected.
+pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Bytes> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("h2 request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("h2 body").to_bytes();
+    Response::from_parts(parts, body)
+}
+
+/// The JSON the test backend answers with.
+pub fn echo(resp: &Response<Bytes>) -> serde_json::Value {
+    serde_json::from_slice(resp.body()).unwrap_or_else(|e| {
+        panic!(
+            "not a test-backend answer ({e}): {} {}",
+            resp.status(),
+            String::from_utf8_lossy(resp.body())
+        )
+    })
+}
+
+/// A minimal config: one listener, admin on port 0, one pool of `backends`, one catch-all route.
+pub fn simple_config(backends: &[SocketAddr], pool_extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[log]
+access = "stdout"
+
+[[listener]]
+name = "http"
+bind = "127.0.0.1:0"
+
+[[pool]]
+name = "web"
+backends = [{}]
+{pool_extra}
+
+[[route]]
+name = "all"
+path_prefix = "/"
+pool = "web"
+"#,
+        list.join(", ")
+    )
+}
