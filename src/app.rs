@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, metrics};
 use crate::config::{self, Config, ListenerConfig, LoadError};
+use crate::health::probe::Prober;
 use crate::listener::{self, ConnGate, ListenerStats};
 use crate::state::State;
 use crate::upstream;
@@ -32,6 +33,8 @@ pub struct Shared {
     workers: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     reload_lock: tokio::sync::Mutex<()>,
     pub last_reload: Mutex<LastReload>,
+    /// Active health probes, kept in step with the State.
+    prober: Prober,
     /// Unix time (f64 bits) of the last config load that went into service.
     last_success: AtomicU64,
 }
@@ -169,7 +172,9 @@ async fn control(
             errors: vec![],
         }),
         last_success: AtomicU64::new(0),
+        prober: Prober::default(),
     });
+    shared.prober.reconcile(&shared.state.load());
     shared.mark_success(1);
 
     let bound = bind_all(&listener_cfgs).map_err(|e| anyhow::anyhow!(e))?;
@@ -351,6 +356,7 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
         Err(p) => return fail(p.iter().map(|p| p.to_string()).collect()),
     };
     shared.state.store(Arc::new(new_state));
+    shared.prober.reconcile(&shared.state.load());
     shared.gate.set_max(max_conns);
     for (cfg, socket) in early.iter().zip(early_sockets) {
         start_listener(shared, cfg, socket);

@@ -9,6 +9,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("no healthy backend in pool")]
     NoHealthyBackend,
+    #[error("every backend of the pool is at its connection limit and the wait timed out")]
+    QueueTimeout,
     #[error("backend connection failed: {0}")]
     UpstreamConnect(std::io::Error),
     #[error("backend connection timed out")]
@@ -33,7 +35,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
@@ -47,6 +51,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "404 no route for this host and path\n",
             ProxyError::NoHealthyBackend => "503 no healthy backend available, retry later\n",
+            ProxyError::QueueTimeout => "503 all backends busy, retry later\n",
             ProxyError::UpstreamConnect(_) => "502 backend unreachable\n",
             ProxyError::UpstreamConnectTimeout => "504 backend connection timed out\n",
             ProxyError::UpstreamBroken(_) => {
@@ -60,7 +65,7 @@ impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::NoRoute | ProxyError::BadRequest(_) => Blame::Client,
-            ProxyError::NoHealthyBackend => Blame::Proxy,
+            ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => Blame::Proxy,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamBroken(_)
@@ -74,6 +79,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamConnectTimeout => true,
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend
+            | ProxyError::QueueTimeout
             | ProxyError::UpstreamBroken(_)
             | ProxyError::UpstreamTimeout
             | ProxyError::BadRequest(_) => false,
@@ -89,6 +95,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamConnectTimeout => true,
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend
+            | ProxyError::QueueTimeout
             | ProxyError::UpstreamTimeout
             | ProxyError::BadRequest(_) => false,
         }
@@ -99,6 +106,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyBackend => "no_healthy_backend",
+            ProxyError::QueueTimeout => "queue_timeout",
             ProxyError::UpstreamConnect(_) => "upstream_connect_error",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamBroken(_) => "upstream_broken",
@@ -121,6 +129,7 @@ mod tests {
         let table: Vec<(ProxyError, u16)> = vec![
             (ProxyError::NoRoute, 404),
             (ProxyError::NoHealthyBackend, 503),
+            (ProxyError::QueueTimeout, 503),
             (ProxyError::UpstreamConnect(io()), 502),
             (ProxyError::UpstreamConnectTimeout, 504),
             (ProxyError::UpstreamTimeout, 504),

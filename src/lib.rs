@@ -22,6 +22,7 @@ pub mod balancer;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod listener;
 pub mod proxy;
 pub mod router;

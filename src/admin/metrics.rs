@@ -16,6 +16,10 @@ pub const BACKEND_UP: &str = "waypost_backend_up";
 pub const BACKEND_IN_FLIGHT: &str = "waypost_backend_in_flight";
 pub const RETRIES_TOTAL: &str = "waypost_retries_total";
 pub const NO_HEALTHY_BACKEND_TOTAL: &str = "waypost_no_healthy_backend_total";
+pub const BACKEND_EJECTIONS_TOTAL: &str = "waypost_backend_ejections_total";
+pub const PANIC_MODE_TOTAL: &str = "waypost_panic_mode_total";
+pub const QUEUE_TIMEOUTS_TOTAL: &str = "waypost_queue_timeouts_total";
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "waypost_retry_budget_exhausted_total";
 pub const CONNECTIONS_ACTIVE: &str = "waypost_connections_active";
 pub const CONNECTIONS_TOTAL: &str = "waypost_connections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "waypost_config_reloads_total";
@@ -94,6 +98,19 @@ fn describe() {
         NO_HEALTHY_BACKEND_TOTAL,
         "Requests refused because no backend of the pool could take them."
     );
+    describe_counter!(
+        BACKEND_EJECTIONS_TOTAL,
+        "Passive ejections of a backend after consecutive failed requests."
+    );
+    describe_counter!(
+        PANIC_MODE_TOTAL,
+        "Requests routed to all backends of a pool because too few were healthy."
+    );
+    describe_counter!(QUEUE_TIMEOUTS_TOTAL, "Requests that waited for a backend slot past queue_timeout (or found the queue full) and got 503.");
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries not made because the pool's retry budget was spent."
+    );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
     describe_counter!(
         CONNECTIONS_TOTAL,
@@ -157,6 +174,7 @@ pub fn unrouted(listener: &str, class: usize) {
 pub struct BackendMetrics {
     upstream: [Counter; 6],
     pub duration: Histogram,
+    pub ejections: Counter,
 }
 
 impl BackendMetrics {
@@ -166,6 +184,7 @@ impl BackendMetrics {
                 counter!(UPSTREAM_REQUESTS_TOTAL, "pool" => pool.to_string(), "backend" => backend.to_string(), "status_class" => class)
             }),
             duration: histogram!(UPSTREAM_DURATION, "pool" => pool.to_string(), "backend" => backend.to_string()),
+            ejections: counter!(BACKEND_EJECTIONS_TOTAL, "pool" => pool.to_string(), "backend" => backend.to_string()),
         }
     }
 
@@ -178,6 +197,9 @@ impl BackendMetrics {
 pub struct PoolMetrics {
     pub retries: Counter,
     pub no_healthy: Counter,
+    pub panic: Counter,
+    pub queue_timeouts: Counter,
+    pub budget_exhausted: Counter,
 }
 
 impl PoolMetrics {
@@ -185,6 +207,9 @@ impl PoolMetrics {
         PoolMetrics {
             retries: counter!(RETRIES_TOTAL, "pool" => pool.to_string()),
             no_healthy: counter!(NO_HEALTHY_BACKEND_TOTAL, "pool" => pool.to_string()),
+            panic: counter!(PANIC_MODE_TOTAL, "pool" => pool.to_string()),
+            queue_timeouts: counter!(QUEUE_TIMEOUTS_TOTAL, "pool" => pool.to_string()),
+            budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "pool" => pool.to_string()),
         }
     }
 }

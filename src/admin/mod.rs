@@ -18,6 +18,8 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::app::{self, Shared};
+use crate::health::{self, Checked};
+use crate::upstream::{Backend, Pool};
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -140,6 +142,40 @@ fn refresh_gauges(shared: &Shared) {
     metrics::set_generation(state.generation, shared.last_success());
 }
 
+fn backend_status(pool: &Pool, b: &Backend, weight: u32) -> serde_json::Value {
+    let now = health::now_ms();
+    let h = &b.health;
+    // Failed active checks say more than an ejection: they are shown first.
+    let state = match h.checked() {
+        Checked::Down => "down",
+        _ if h.ejected(now) => "ejected",
+        Checked::Up => "up",
+        Checked::Unknown if h.checked_up() => "unknown",
+        Checked::Unknown => "unknown (held back until checked)",
+    };
+    let last_check_ms = h.last_check_ms.load(Ordering::Relaxed);
+    let ramp = h.ramp(now, pool.slow_start);
+    json!({
+        "address": &*b.label,
+        "state": state,
+        "available": b.is_up(),
+        "weight": weight,
+        "in_flight": b.in_flight(),
+        "queued": b.queued.load(Ordering::Relaxed),
+        "idle_connections": b.idle_connections(),
+        "ejected_for_seconds": if h.ejected(now) { Some((h.ejected_until() - now) as f64 / 1000.0) } else { None },
+        "slow_start_percent": if ramp < 1.0 { Some((ramp * 100.0).round()) } else { None },
+        "consecutive_check_passes": h.passes(),
+        "consecutive_check_failures": h.failures(),
+        "consecutive_request_failures": h.live_failures(),
+        "last_check": if last_check_ms == 0 { serde_json::Value::Null } else { json!({
+            "ok": h.last_check_ok.load(Ordering::Relaxed),
+            "status": h.last_check_status.load(Ordering::Relaxed),
+            "seconds_ago": now.saturating_sub(last_check_ms) as f64 / 1000.0,
+        })},
+    })
+}
+
 /// What an operator wants to see at a glance; never secrets (the admin token is not shown).
 fn status(shared: &Shared) -> serde_json::Value {
     let state = shared.state.load();
@@ -168,13 +204,9 @@ fn status(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": &*p.name,
                 "balance": p.policy().as_str(),
-                "backends": p.members.iter().zip(&p.weights).map(|(b, w)| json!({
-                    "address": &*b.label,
-                    "state": if b.is_up() { "up" } else { "down" },
-                    "weight": w,
-                    "in_flight": b.in_flight(),
-                    "idle_connections": b.idle_connections(),
-                })).collect::<Vec<_>>(),
+                "health_checks": p.health.is_some(),
+                "panic": p.panic_threshold > 0 && p.members.iter().filter(|b| b.is_up()).count() * 100 < p.panic_threshold as usize * p.members.len(),
+                "backends": p.members.iter().zip(&p.weights).map(|(b, w)| backend_status(p, b, *w)).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::health::probe::{parse_status_ranges, HealthCheck};
+use crate::health::Passive;
+
 pub use reader::{parse_duration, parse_size, At, Problem};
 use reader::{Ctx, Obj};
 
@@ -98,6 +101,18 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
+    /// Active checks (`[pool.health]`); none: backends are up until passively ejected.
+    pub health: Option<HealthCheck>,
+    /// Outlier ejection from live traffic; none when `consecutive_failures = 0`.
+    pub passive: Option<Passive>,
+    pub slow_start: Duration,
+    /// Percent of healthy backends below which the pool routes to all of them; 0: never.
+    pub panic_threshold: u32,
+    /// 0: unlimited.
+    pub max_connections_per_backend: u32,
+    pub queue_timeout: Duration,
+    /// Requests that may wait for a slot, per backend.
+    pub queue_size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -580,15 +595,39 @@ fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
     for key in ["hash_key", "hash_balance_factor"] {
         o.unsupported(key, "consistent hashing");
     }
-    for key in [
-        "max_connections_per_backend",
-        "queue_timeout",
-        "slow_start",
-        "panic_threshold",
-        "health",
-        "passive",
-    ] {
-        o.unsupported(key, "health checking and connection limits");
+    let health = o.obj("health").map(|h| {
+        let hc = read_health(&h);
+        h.finish();
+        hc
+    });
+    let passive = match o.obj("passive") {
+        Some(p) => {
+            let v = read_passive(&p);
+            p.finish();
+            v
+        }
+        None => Some(Passive {
+            consecutive_failures: 5,
+            eject_for: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }),
+    };
+    let slow_start = o.duration("slow_start").unwrap_or(Duration::ZERO);
+    let panic_threshold = o.uint("panic_threshold", 100).unwrap_or(0) as u32;
+    let max_connections_per_backend = o
+        .uint("max_connections_per_backend", 1_000_000)
+        .unwrap_or(0) as u32;
+    let queue_timeout = positive_duration(o, "queue_timeout", Duration::from_secs(1));
+    let queue_size = o.uint("queue_size", 1_000_000).unwrap_or(1024) as u32;
+    if max_connections_per_backend == 0 {
+        for key in ["queue_timeout", "queue_size"] {
+            if o.has(key) {
+                o.problem(
+                    key,
+                    "only applies with max_connections_per_backend set above 0",
+                );
+            }
+        }
     }
     Some((
         PoolConfig {
@@ -598,9 +637,71 @@ fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
             connect_timeout,
             response_timeout,
             retries,
+            health,
+            passive,
+            slow_start,
+            panic_threshold,
+            max_connections_per_backend,
+            queue_timeout,
+            queue_size,
         },
         o.at(),
     ))
+}
+
+fn read_health(h: &Obj) -> HealthCheck {
+    let path = h.str("path").unwrap_or_else(|| "/healthz".into());
+    if !path.starts_with('/') {
+        h.problem("path", format!("{path:?} must start with '/'"));
+    }
+    let interval = positive_duration(h, "interval", Duration::from_secs(2));
+    let timeout = positive_duration(h, "timeout", Duration::from_secs(1));
+    let rise = h.uint("rise", 1000).unwrap_or(2) as u32;
+    let fall = h.uint("fall", 1000).unwrap_or(3) as u32;
+    for (key, v) in [("rise", rise), ("fall", fall)] {
+        if v == 0 {
+            h.problem(key, "must be at least 1");
+        }
+    }
+    let expect = match h.str("expect_status") {
+        Some(s) => parse_status_ranges(&s).unwrap_or_else(|e| {
+            h.problem("expect_status", e);
+            vec![(200, 399)]
+        }),
+        None => vec![(200, 399)],
+    };
+    let host = h.str("host");
+    if let Some(hv) = &host {
+        if http::HeaderValue::from_str(hv).is_err() || hv.is_empty() {
+            h.problem("host", format!("{hv:?} is not a valid Host header value"));
+        }
+    }
+    let assume_healthy = h.bool("assume_healthy").unwrap_or(true);
+    h.unsupported(
+        "lag_header",
+        "replica lag arrives with the read/write split",
+    );
+    HealthCheck {
+        path,
+        host,
+        interval,
+        timeout,
+        rise: rise.max(1),
+        fall: fall.max(1),
+        expect,
+        assume_healthy,
+    }
+}
+
+fn read_passive(p: &Obj) -> Option<Passive> {
+    let consecutive_failures = p.uint("consecutive_failures", 1_000_000).unwrap_or(5) as u32;
+    let eject_for = positive_duration(p, "eject_for", Duration::from_secs(30));
+    let max_ejected_percent = p.uint("max_ejected_percent", 100).unwrap_or(50) as u32;
+    (consecutive_failures > 0).then_some(Passive {
+        consecutive_failures,
+        eject_for,
+        max_ejected_percent,
+    })
 }
 
 fn parse_backend_address(o: &Obj, a: &str) -> Option<SocketAddr> {

@@ -4,7 +4,9 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub mod budget;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +15,16 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admin::metrics::{class_index, BackendMetrics, PoolMetrics, ERROR_CLASS};
 use crate::balancer::Balancer;
 use crate::config::{Balance, PoolConfig};
 use crate::error::ProxyError;
+use crate::health::probe::HealthCheck;
+use crate::health::{self, Health, Passive};
 use crate::proxy::body::ProxyBody;
+use budget::RetryBudget;
 
 /// Idle upstream connections older than this are closed rather than reused: many servers drop
 /// idle keep-alive connections after a few seconds, and a request written into a connection the
@@ -60,7 +66,9 @@ pub struct Backend {
     pub label: Arc<str>,
     pub pool: Arc<str>,
     pub in_flight: AtomicUsize,
-    up: AtomicBool,
+    /// Requests waiting for a connection slot.
+    pub queued: AtomicUsize,
+    pub health: Health,
     idle: Box<[Mutex<Vec<Idle>>]>,
     pub metrics: BackendMetrics,
 }
@@ -84,14 +92,15 @@ impl Backend {
             label,
             pool: pool.into(),
             in_flight: AtomicUsize::new(0),
-            up: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            health: Health::default(),
             idle: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
-    /// Whether this backend may take new requests.
+    /// Whether this backend may take new requests now.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.available(health::now_ms())
     }
 
     pub fn in_flight(&self) -> usize {
@@ -135,14 +144,17 @@ impl Backend {
 pub struct Lease {
     backend: Arc<Backend>,
     conn: Option<SendRequest<ProxyBody>>,
+    /// The connection slot, when the pool limits connections per backend.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease {
-    fn new(backend: Arc<Backend>) -> Lease {
+    fn new(backend: Arc<Backend>, slot: Option<OwnedSemaphorePermit>) -> Lease {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
         Lease {
             backend,
             conn: None,
+            _slot: slot,
         }
     }
 
@@ -165,7 +177,7 @@ impl Drop for Lease {
 }
 
 /// A pool of one generation: its members (shared `Backend`s with this generation's weights),
-/// its balancer and timeouts.
+/// its balancer, timeouts, health settings and limits.
 pub struct Pool {
     pub name: Arc<str>,
     pub members: Vec<Arc<Backend>>,
@@ -174,22 +186,50 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
+    pub health: Option<Arc<HealthCheck>>,
+    pub passive: Option<Passive>,
+    pub slow_start: Duration,
+    pub panic_threshold: u32,
+    pub max_connections: usize,
+    /// Per member: the connection slots when max_connections_per_backend is set.
+    slots: Vec<Option<Arc<Semaphore>>>,
+    pub queue_timeout: Duration,
+    pub queue_size: usize,
+    pub budget: Arc<RetryBudget>,
     pub metrics: PoolMetrics,
 }
 
 impl Pool {
-    /// Build from config, reusing the previous generation's backends of the same address.
+    /// Build from config, reusing the previous generation's backends of the same address (and
+    /// their slots when the limit is unchanged, and the retry budget).
     pub fn new(cfg: &PoolConfig, previous: Option<&Pool>) -> Pool {
-        let members: Vec<Arc<Backend>> = cfg
-            .backends
-            .iter()
-            .map(|b| {
-                previous
-                    .and_then(|p| p.members.iter().find(|m| m.addr == b.address))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(&cfg.name, b.address)))
-            })
-            .collect();
+        let now = health::now_ms();
+        let max = cfg.max_connections_per_backend as usize;
+        let mut members = Vec::with_capacity(cfg.backends.len());
+        let mut slots = Vec::with_capacity(cfg.backends.len());
+        for b in &cfg.backends {
+            let prev = previous.and_then(|p| {
+                p.members
+                    .iter()
+                    .position(|m| m.addr == b.address)
+                    .map(|i| (p, i))
+            });
+            let backend = match prev {
+                Some((p, i)) => p.members[i].clone(),
+                None => {
+                    let nb = Backend::new(&cfg.name, b.address);
+                    nb.health.mark_up_since(now);
+                    Arc::new(nb)
+                }
+            };
+            let slot = match (max, prev) {
+                (0, _) => None,
+                (m, Some((p, i))) if p.max_connections == m => p.slots[i].clone(),
+                (m, _) => Some(Arc::new(Semaphore::new(m))),
+            };
+            members.push(backend);
+            slots.push(slot);
+        }
         let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
         Pool {
             name: cfg.name.as_str().into(),
@@ -199,6 +239,15 @@ impl Pool {
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             retries: cfg.retries,
+            health: cfg.health.clone().map(Arc::new),
+            passive: cfg.passive.clone(),
+            slow_start: cfg.slow_start,
+            panic_threshold: cfg.panic_threshold,
+            max_connections: max,
+            slots,
+            queue_timeout: cfg.queue_timeout,
+            queue_size: cfg.queue_size as usize,
+            budget: previous.map(|p| p.budget.clone()).unwrap_or_default(),
             metrics: PoolMetrics::new(&cfg.name),
         }
     }
@@ -207,11 +256,95 @@ impl Pool {
         self.balancer.policy()
     }
 
-    fn pick(&self, tried: &Tried) -> Option<usize> {
-        self.balancer.pick(
-            |i| !tried.contains(i) && self.members[i].is_up(),
-            |i| self.members[i].in_flight(),
-        )
+    /// Whether fewer than panic_threshold percent of the backends are healthy.
+    fn in_panic(&self, now: u64) -> bool {
+        if self.panic_threshold == 0 {
+            return false;
+        }
+        let healthy = self
+            .members
+            .iter()
+            .filter(|m| m.health.available(now))
+            .count();
+        healthy * 100 < self.panic_threshold as usize * self.members.len()
+    }
+
+    /// Pick a member not yet tried. First choice: healthy, with a free slot, and admitted by its
+    /// slow-start share; else any healthy one (it will queue for a slot). In panic mode, any.
+    fn pick(&self, tried: &Tried, now: u64) -> Option<usize> {
+        let load = |i: usize| self.members[i].in_flight();
+        if self.in_panic(now) {
+            self.metrics.panic.increment(1);
+            return self.balancer.pick(|i| !tried.contains(i), load);
+        }
+        let healthy = |i: usize| !tried.contains(i) && self.members[i].health.available(now);
+        let limit = self.max_connections;
+        let ramping = !self.slow_start.is_zero();
+        if limit == 0 && !ramping {
+            return self.balancer.pick(healthy, load);
+        }
+        let preferred = |i: usize| {
+            let m = &self.members[i];
+            healthy(i)
+                && (limit == 0 || m.in_flight() < limit)
+                && (!ramping || {
+                    let share = m.health.ramp(now, self.slow_start);
+                    share >= 1.0 || fastrand::f64() < share
+                })
+        };
+        self.balancer
+            .pick(preferred, load)
+            .or_else(|| self.balancer.pick(healthy, load))
+    }
+
+    /// A connection slot on member `i` when the pool limits connections: at once if free, else
+    /// after waiting in the backend's FIFO queue up to queue_timeout.
+    async fn acquire_slot(&self, i: usize) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        let Some(sem) = &self.slots[i] else {
+            return Ok(None);
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        let backend = &self.members[i];
+        if backend.queued.fetch_add(1, Ordering::Relaxed) >= self.queue_size {
+            backend.queued.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.queue_timeouts.increment(1);
+            return Err(ProxyError::QueueTimeout);
+        }
+        let waited = tokio::time::timeout(self.queue_timeout, sem.clone().acquire_owned()).await;
+        backend.queued.fetch_sub(1, Ordering::Relaxed);
+        match waited {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => {
+                self.metrics.queue_timeouts.increment(1);
+                Err(ProxyError::QueueTimeout)
+            }
+        }
+    }
+
+    /// Feed a live request's outcome to passive ejection.
+    fn record_outcome(&self, i: usize, ok: bool) {
+        let Some(passive) = &self.passive else { return };
+        let backend = &self.members[i];
+        let now = health::now_ms();
+        let may_eject = || {
+            let ejected = self
+                .members
+                .iter()
+                .filter(|m| m.health.ejected(now))
+                .count();
+            (ejected + 1) * 100 <= passive.max_ejected_percent as usize * self.members.len()
+        };
+        if let Some(until) = backend.health.record_live(ok, passive, now, may_eject) {
+            backend.metrics.ejections.increment(1);
+            tracing::warn!(
+                pool = %self.name,
+                backend = %backend.label,
+                for_ms = until.saturating_sub(now),
+                "backend ejected after consecutive failures"
+            );
+        }
     }
 }
 
@@ -287,20 +420,24 @@ pub struct Attempts {
     pub retried: bool,
 }
 
-/// Send `req` to a backend of `pool`, retrying on another backend when that is safe.
+/// Send `req` to a backend of `pool`, retrying on another backend when that is safe and the
+/// pool's retry budget allows.
 pub async fn forward(
     pool: &Pool,
     mut req: Request<ProxyBody>,
     replay: Option<Replay>,
     notes: &mut Attempts,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let now = health::now_ms();
+    pool.budget.record_request(now / 1000);
     let mut tried = Tried {
         list: [0; 12],
         len: 0,
     };
     let mut last_err = None;
+    let mut _retry_permit = None;
     loop {
-        let Some(idx) = pool.pick(&tried) else {
+        let Some(idx) = pool.pick(&tried, now) else {
             return Err(match last_err {
                 Some(e) => e,
                 None => {
@@ -311,8 +448,9 @@ pub async fn forward(
         };
         tried.push(idx);
         notes.count += 1;
+        let slot = pool.acquire_slot(idx).await?;
         let backend = &pool.members[idx];
-        let mut lease = Lease::new(backend.clone());
+        let mut lease = Lease::new(backend.clone(), slot);
         let started = Instant::now();
         let result = send(pool, backend, req).await;
         backend
@@ -322,14 +460,15 @@ pub async fn forward(
         let may_retry = (tried.len as u32) <= pool.retries;
         match result {
             Ok((resp, conn)) => {
-                backend
-                    .metrics
-                    .response(class_index(resp.status().as_u16()));
+                let status = resp.status().as_u16();
+                backend.metrics.response(class_index(status));
+                pool.record_outcome(idx, status < 500);
                 lease.conn = Some(conn);
                 return Ok((resp, lease));
             }
             Err((err, returned)) => {
                 backend.metrics.response(ERROR_CLASS);
+                pool.record_outcome(idx, false);
                 tracing::debug!(pool = %pool.name, backend = %backend.label, error = %err, "upstream attempt failed");
                 drop(lease);
                 let next = match returned {
@@ -339,6 +478,11 @@ pub async fn forward(
                 };
                 match next {
                     Some(r) if may_retry => {
+                        let Some(permit) = pool.budget.try_retry(health::now_ms() / 1000) else {
+                            pool.metrics.budget_exhausted.increment(1);
+                            return Err(err);
+                        };
+                        _retry_permit = Some(permit);
                         pool.metrics.retries.increment(1);
                         notes.retried = true;
                         req = r;

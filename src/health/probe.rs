@@ -1,0 +1,218 @@
+//! Active health probes: one task per checked backend, on the control runtime. Each probe is a
+//! GET of the pool's path over a kept-alive connection; start times are spread over the interval
+//! and every wait is jittered, so a thousand backends never probe in one burst.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request};
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use tokio::task::AbortHandle;
+
+use super::{now_ms, Flip};
+use crate::proxy::body::ProxyBody;
+use crate::state::State;
+use crate::upstream::{self, Backend};
+
+/// A pool's `[pool.health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Inclusive status ranges that pass.
+    pub expect: Vec<(u16, u16)>,
+    /// Whether a backend not yet decided by checks takes traffic.
+    pub assume_healthy: bool,
+}
+
+impl HealthCheck {
+    pub fn passes(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+/// Parse "200-399" or "200,204,300-399" into inclusive ranges.
+pub fn parse_status_ranges(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |x: &str| x.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+        match (parse(lo), parse(hi)) {
+            (Some(l), Some(h)) if l <= h => out.push((l, h)),
+            _ => return Err(format!("invalid status range {part:?}: expected like \"200-399\" or \"200,204\" with codes 100 to 599")),
+        }
+    }
+    Ok(out)
+}
+
+/// One jittered duration in [0.9, 1.1] x `d`.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+async fn probe_once(
+    backend: &Backend,
+    cfg: &HealthCheck,
+    conn: &mut Option<SendRequest<ProxyBody>>,
+) -> (bool, u16) {
+    let attempt = async {
+        let reusable = match conn.take() {
+            Some(mut s) if !s.is_closed() => s.ready().await.is_ok().then_some(s),
+            _ => None,
+        };
+        let mut sender = match reusable {
+            Some(s) => s,
+            None => upstream::dial(backend.addr, cfg.timeout).await.ok()?,
+        };
+        let mut req = Request::get(cfg.path.as_str())
+            .body(ProxyBody::Empty)
+            .ok()?;
+        let host = match &cfg.host {
+            Some(h) => HeaderValue::from_str(h).ok()?,
+            None => HeaderValue::from_str(&backend.addr.to_string()).ok()?,
+        };
+        req.headers_mut().insert(header::HOST, host);
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("waypost-health-check"),
+        );
+        let resp = sender.send_request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        // Read the (small) body so the connection can serve the next probe.
+        let body_ok = resp.into_body().collect().await.is_ok();
+        if body_ok {
+            *conn = Some(sender);
+        }
+        Some(status)
+    };
+    match tokio::time::timeout(cfg.timeout, attempt).await {
+        Ok(Some(status)) => (cfg.passes(status), status),
+        _ => {
+            *conn = None;
+            (false, 0)
+        }
+    }
+}
+
+async fn run(backend: Arc<Backend>, cfg: Arc<HealthCheck>) {
+    tokio::time::sleep(cfg.interval.mul_f64(fastrand::f64())).await;
+    let mut conn = None;
+    loop {
+        let (ok, status) = probe_once(&backend, &cfg, &mut conn).await;
+        match backend
+            .health
+            .record_probe(ok, status, cfg.rise, cfg.fall, now_ms())
+        {
+            Flip::Up => {
+                tracing::info!(pool = %backend.pool, backend = %backend.label, "backend is up (health checks pass)")
+            }
+            Flip::Down => {
+                tracing::warn!(pool = %backend.pool, backend = %backend.label, status, "backend is down (health checks fail)")
+            }
+            Flip::None => {}
+        }
+        tokio::time::sleep(jitter(cfg.interval)).await;
+    }
+}
+
+struct Task {
+    backend: Arc<Backend>,
+    cfg: Arc<HealthCheck>,
+    handle: AbortHandle,
+}
+
+/// The running probe tasks, kept in step with the current State.
+#[derive(Default)]
+pub struct Prober {
+    tasks: Mutex<HashMap<(Arc<str>, SocketAddr), Task>>,
+}
+
+impl Prober {
+    /// Start, restart or stop probe tasks to match `state`. Backends whose pool has no checks
+    /// are marked up (nothing else would ever bring them back). Call on the control runtime.
+    pub fn reconcile(&self, state: &State) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        let mut wanted = HashMap::new();
+        for pool in &state.pools {
+            for b in &pool.members {
+                match &pool.health {
+                    Some(cfg) => {
+                        b.health.set_unknown_is_up(cfg.assume_healthy);
+                        wanted.insert((pool.name.clone(), b.addr), (b.clone(), cfg.clone()));
+                    }
+                    None => b.health.clear_checks(),
+                }
+            }
+        }
+        tasks.retain(|key, t| {
+            let keep = wanted
+                .get(key)
+                .is_some_and(|(b, cfg)| Arc::ptr_eq(b, &t.backend) && **cfg == *t.cfg);
+            if !keep {
+                t.handle.abort();
+            }
+            keep
+        });
+        for (key, (backend, cfg)) in wanted {
+            if !tasks.contains_key(&key) {
+                let handle = tokio::spawn(run(backend.clone(), cfg.clone())).abort_handle();
+                tasks.insert(
+                    key,
+                    Task {
+                        backend,
+                        cfg,
+                        handle,
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges_parse_and_match() {
+        let r = parse_status_ranges("200-299, 404").unwrap();
+        assert_eq!(r, vec![(200, 299), (404, 404)]);
+        let hc = HealthCheck {
+            path: "/".into(),
+            host: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+            expect: r,
+            assume_healthy: true,
+        };
+        assert!(hc.passes(204) && hc.passes(404));
+        assert!(!hc.passes(301) && !hc.passes(500));
+        assert!(parse_status_ranges("399-200").is_err());
+        assert!(parse_status_ranges("2xx").is_err());
+        assert!(parse_status_ranges("200-700").is_err());
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(10));
+            assert!(j >= Duration::from_secs(9) && j <= Duration::from_secs(11));
+        }
+    }
+}
