@@ -21,11 +21,7 @@ pub mod flags {
     pub const UPGRADED: u16 = 1 << 1;
     /// The response body did not reach its end (client gone or backend broke mid-body).
     pub const ABORTED: u16 = 1 << 2;
-    pub const NAMES: [(u16, &str); 3] = [
-        (RETRIED, "retried"),
-        (UPGRADED, "upgraded"),
-        (ABORTED, "aborted"),
-    ];
+    pub const NAMES: [(u16, &str); 3] = [(RETRIED, "retried"), (UPGRADED, "upgraded"), (ABORTED, "aborted")];
 }
 
 pub struct Record {
@@ -59,10 +55,7 @@ const QUEUE: usize = 16 * 1024;
 impl AccessLog {
     /// The log for a new generation: the previous one when the target is unchanged (no reopen),
     /// else a new writer. `None` when access logging is off.
-    pub fn reuse_or_open(
-        cfg: &LogConfig,
-        previous: Option<&Arc<AccessLog>>,
-    ) -> Result<Option<Arc<AccessLog>>, String> {
+    pub fn reuse_or_open(cfg: &LogConfig, previous: Option<&Arc<AccessLog>>) -> Result<Option<Arc<AccessLog>>, String> {
         if cfg.access == AccessTarget::Off {
             return Ok(None);
         }
@@ -92,9 +85,7 @@ impl AccessLog {
     pub fn log(&self, r: Record) {
         match self.tx.try_send(r) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                metrics::access_log_dropped()
-            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => metrics::access_log_dropped(),
         }
     }
 
@@ -195,28 +186,10 @@ pub fn combined_line(s: &mut String, r: &Record) {
     clf_time(s, r.time);
     let _ = write!(s, "] \"{} ", r.method);
     escape_clf(s, r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    let _ = write!(
-        s,
-        " {}\" {} {} \"",
-        version_str(r.version),
-        r.status,
-        r.bytes
-    );
-    escape_clf(
-        s,
-        r.referer
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-    );
+    let _ = write!(s, " {}\" {} {} \"", version_str(r.version), r.status, r.bytes);
+    escape_clf(s, r.referer.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"));
     s.push_str("\" \"");
-    escape_clf(
-        s,
-        r.user_agent
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-    );
+    escape_clf(s, r.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"));
     s.push('"');
 }
 
@@ -312,9 +285,7 @@ mod tests {
             client: "192.0.2.1".parse().unwrap(),
             method: Method::GET,
             host: Some(HeaderValue::from_static("example.com")),
-            uri: "/a\"b?x=1"
-                .parse()
-                .unwrap_or_else(|_| "/ab?x=1".parse().unwrap()),
+            uri: "/a\"b?x=1".parse().unwrap_or_else(|_| "/ab?x=1".parse().unwrap()),
             version: Version::HTTP_11,
             status: 200,
             bytes: 12,
@@ -356,7 +327,10 @@ mod tests {
         let mut r = record();
         r.uri = "/index.html?q=1".parse().unwrap();
         combined_line(&mut s, &r);
-        assert_eq!(s, "192.0.2.1 - - [14/Nov/2023:22:13:20 +0000] \"GET /index.html?q=1 HTTP/1.1\" 200 12 \"-\" \"curl/8\"");
+        assert_eq!(
+            s,
+            "192.0.2.1 - - [14/Nov/2023:22:13:20 +0000] \"GET /index.html?q=1 HTTP/1.1\" 200 12 \"-\" \"curl/8\""
+        );
     }
 
     #[test]

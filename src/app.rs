@@ -20,6 +20,7 @@ use crate::health::probe::Prober;
 use crate::listener::{self, ConnGate, ListenerStats};
 use crate::state::State;
 use crate::upstream;
+use crate::upstream::dns::Watcher;
 
 /// Process-wide state that outlives generations.
 pub struct Shared {
@@ -35,6 +36,8 @@ pub struct Shared {
     pub last_reload: Mutex<LastReload>,
     /// Active health probes, kept in step with the State.
     prober: Prober,
+    /// Backend host names: last good answers and their refresh tasks.
+    dns: Arc<Watcher>,
     /// Unix time (f64 bits) of the last config load that went into service.
     last_success: AtomicU64,
 }
@@ -124,9 +127,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     metrics::install();
     raise_nofile_limit();
     let workers = match config.server.worker_threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
     };
     upstream::set_workers(workers);
@@ -137,16 +138,14 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     rt.block_on(control(config, config_path, workers))
 }
 
-async fn control(
-    config: Config,
-    config_path: Option<PathBuf>,
-    workers: usize,
-) -> anyhow::Result<()> {
+async fn control(config: Config, config_path: Option<PathBuf>, workers: usize) -> anyhow::Result<()> {
     let grace = config.server.graceful_shutdown_timeout;
     let admin_bind = config.admin.bind;
     let max_conns = config.server.max_connections;
     let listener_cfgs = config.listeners.clone();
-    let state = State::build(config, None, 1).map_err(|p| anyhow::anyhow!(format_problems(&p)))?;
+    let dns = Arc::new(Watcher::default());
+    dns.prime(&config).await;
+    let state = State::build(config, None, 1, &dns.answers()).map_err(|p| anyhow::anyhow!(format_problems(&p)))?;
 
     let mut senders = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -173,16 +172,18 @@ async fn control(
         }),
         last_success: AtomicU64::new(0),
         prober: Prober::default(),
+        dns,
     });
     shared.prober.reconcile(&shared.state.load());
+    watch_dns(&shared);
     shared.mark_success(1);
 
     let bound = bind_all(&listener_cfgs).map_err(|e| anyhow::anyhow!(e))?;
     for (cfg, socket) in listener_cfgs.iter().zip(bound) {
         start_listener(&shared, cfg, socket);
     }
-    let admin_socket = listener::bind(admin_bind)
-        .with_context(|| format!("cannot bind the admin API on {admin_bind}"))?;
+    let admin_socket =
+        listener::bind(admin_bind).with_context(|| format!("cannot bind the admin API on {admin_bind}"))?;
     let admin_addr = admin_socket.local_addr()?;
     let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
     tracing::info!(address = %admin_addr, "admin API listening");
@@ -212,10 +213,7 @@ async fn control(
 
 fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
     upstream::set_worker_id(id);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");
@@ -241,10 +239,7 @@ fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
 /// Bind every listener first, so a failure changes nothing.
 fn bind_all(cfgs: &[ListenerConfig]) -> Result<Vec<std::net::TcpListener>, String> {
     cfgs.iter()
-        .map(|c| {
-            listener::bind(c.bind)
-                .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", c.name, c.bind))
-        })
+        .map(|c| listener::bind(c.bind).map_err(|e| format!("listener {:?}: cannot bind {}: {e}", c.name, c.bind)))
         .collect()
 }
 
@@ -305,14 +300,12 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
     };
     let Some(path) = shared.config_path.clone() else {
         return fail(vec![
-            "this instance runs a built-in config and has no file to reload".into(),
+            "this instance runs a built-in config and has no file to reload".into()
         ]);
     };
     let cfg = match tokio::task::spawn_blocking(move || config::load(&path)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(LoadError::Invalid(problems))) => {
-            return fail(problems.iter().map(|p| p.to_string()).collect())
-        }
+        Ok(Err(LoadError::Invalid(problems))) => return fail(problems.iter().map(|p| p.to_string()).collect()),
         Ok(Err(e)) => return fail(vec![e.to_string()]),
         Err(e) => return fail(vec![format!("reload task failed: {e}")]),
     };
@@ -343,30 +336,27 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
     // Addresses being freed by this reload can be taken over by another listener only after the
     // old one stops; bind those after stopping, the rest before anything changes.
     let freed: Vec<SocketAddr> = to_remove.iter().map(|(_, a)| *a).collect();
-    let (early, late): (Vec<_>, Vec<_>) =
-        to_add.into_iter().partition(|l| !freed.contains(&l.bind));
+    let (early, late): (Vec<_>, Vec<_>) = to_add.into_iter().partition(|l| !freed.contains(&l.bind));
     let early_sockets = match bind_all(&early) {
         Ok(s) => s,
         Err(e) => return fail(vec![e]),
     };
     let generation = current.generation + 1;
     let max_conns = cfg.server.max_connections;
-    let new_state = match State::build(cfg, Some(&current), generation) {
+    shared.dns.prime(&cfg).await;
+    let new_state = match State::build(cfg, Some(&current), generation, &shared.dns.answers()) {
         Ok(s) => s,
         Err(p) => return fail(p.iter().map(|p| p.to_string()).collect()),
     };
     shared.state.store(Arc::new(new_state));
     shared.prober.reconcile(&shared.state.load());
+    watch_dns(shared);
     shared.gate.set_max(max_conns);
     for (cfg, socket) in early.iter().zip(early_sockets) {
         start_listener(shared, cfg, socket);
     }
     for (name, _) in &to_remove {
-        let removed = shared
-            .listeners
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(name));
+        let removed = shared.listeners.lock().ok().and_then(|mut m| m.remove(name));
         if let Some(r) = removed {
             let _ = r.stop.send(true);
             tracing::info!(listener = %name, "listener removed; its connections drain");
@@ -385,10 +375,7 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
         }
         match socket {
             Ok(s) => start_listener(shared, cfg, s),
-            Err(e) => errors.push(format!(
-                "listener {:?}: cannot bind {}: {e}",
-                cfg.name, cfg.bind
-            )),
+            Err(e) => errors.push(format!("listener {:?}: cannot bind {}: {e}", cfg.name, cfg.bind)),
         }
     }
     metrics::reload(true);
@@ -407,6 +394,35 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
     }
 }
 
+/// Keep the DNS refresh tasks in step with the running config; a changed answer rebuilds the
+/// State (same generation, same config) so pools follow the new addresses.
+fn watch_dns(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let on_change: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Some(shared) = weak.upgrade() {
+            tokio::spawn(async move { rebuild(&shared).await });
+        }
+    });
+    shared.dns.reconcile(&shared.state.load().config, on_change);
+}
+
+async fn rebuild(shared: &Arc<Shared>) {
+    let _guard = shared.reload_lock.lock().await;
+    let current = shared.state.load_full();
+    match State::build(
+        (*current.config).clone(),
+        Some(&current),
+        current.generation,
+        &shared.dns.answers(),
+    ) {
+        Ok(s) => {
+            shared.state.store(Arc::new(s));
+            shared.prober.reconcile(&shared.state.load());
+        }
+        Err(p) => tracing::error!("cannot apply new DNS answers: {}", format_problems(&p)),
+    }
+}
+
 /// Stop accepting, let connections finish their requests up to `grace`, then return.
 async fn shutdown(shared: &Arc<Shared>, grace: Duration) {
     tracing::info!(timeout = ?grace, "shutting down: draining connections");
@@ -417,10 +433,7 @@ async fn shutdown(shared: &Arc<Shared>, grace: Duration) {
         }
     }
     let _ = shared.drain.send(true);
-    if tokio::time::timeout(grace, shared.gate.idle())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, shared.gate.idle()).await.is_err() {
         tracing::warn!(
             open = shared.gate.active(),
             "graceful shutdown timed out; closing remaining connections"
@@ -441,9 +454,5 @@ async fn upkeep() {
 }
 
 pub fn format_problems(problems: &[config::Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
 }

@@ -35,9 +35,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
@@ -54,9 +52,7 @@ impl ProxyError {
             ProxyError::QueueTimeout => "503 all backends busy, retry later\n",
             ProxyError::UpstreamConnect(_) => "502 backend unreachable\n",
             ProxyError::UpstreamConnectTimeout => "504 backend connection timed out\n",
-            ProxyError::UpstreamBroken(_) => {
-                "502 backend closed the connection or sent a broken response\n"
-            }
+            ProxyError::UpstreamBroken(_) => "502 backend closed the connection or sent a broken response\n",
             ProxyError::UpstreamTimeout => "504 backend did not answer in time\n",
             ProxyError::BadRequest(_) => "400 bad request\n",
         }

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use waypost::config::{self, LoadError};
 
 #[derive(Parser)]
-#[command(
-    name = "waypost",
-    version,
-    about = "A layer-7 reverse proxy and load balancer"
-)]
+#[command(name = "waypost", version, about = "A layer-7 reverse proxy and load balancer")]
 struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
@@ -41,11 +37,7 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
             for p in &problems {
                 eprintln!("{}: {p}", path.display());
             }
-            eprintln!(
-                "waypost: {} problem(s) in {}",
-                problems.len(),
-                path.display()
-            );
+            eprintln!("waypost: {} problem(s) in {}", problems.len(), path.display());
             Err(ExitCode::FAILURE)
         }
     }

@@ -8,6 +8,7 @@ use crate::accesslog::AccessLog;
 use crate::admin::metrics::RouteMetrics;
 use crate::config::{Config, PathMatch, Problem};
 use crate::router::Router;
+use crate::upstream::dns::Resolved;
 use crate::upstream::Pool;
 
 pub struct Route {
@@ -34,18 +35,15 @@ impl State {
         config: Config,
         previous: Option<&State>,
         generation: u64,
+        resolved: &Resolved,
     ) -> Result<State, Vec<Problem>> {
-        let listeners: Vec<Arc<str>> = config
-            .listeners
-            .iter()
-            .map(|l| l.name.as_str().into())
-            .collect();
+        let listeners: Vec<Arc<str>> = config.listeners.iter().map(|l| l.name.as_str().into()).collect();
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
             .map(|pc| {
                 let prev = previous.and_then(|p| p.pools.iter().find(|x| *x.name == *pc.name));
-                Arc::new(Pool::new(pc, prev.map(|p| &**p)))
+                Arc::new(Pool::new(pc, prev.map(|p| &**p), resolved))
             })
             .collect();
         let routes = config
@@ -62,14 +60,13 @@ impl State {
             })
             .collect();
         let access_log =
-            AccessLog::reuse_or_open(&config.log, previous.and_then(|p| p.access_log.as_ref()))
-                .map_err(|e| {
-                    vec![Problem {
-                        path: "log.access".into(),
-                        line: 0,
-                        message: e,
-                    }]
-                })?;
+            AccessLog::reuse_or_open(&config.log, previous.and_then(|p| p.access_log.as_ref())).map_err(|e| {
+                vec![Problem {
+                    path: "log.access".into(),
+                    line: 0,
+                    message: e,
+                }]
+            })?;
         Ok(State {
             generation,
             router: Router::new(&config.routes),
@@ -82,9 +79,6 @@ impl State {
     }
 
     pub fn listener_index(&self, name: &str) -> usize {
-        self.listeners
-            .iter()
-            .position(|l| &**l == name)
-            .unwrap_or(usize::MAX)
+        self.listeners.iter().position(|l| &**l == name).unwrap_or(usize::MAX)
     }
 }

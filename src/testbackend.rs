@@ -126,9 +126,7 @@ async fn accept(listener: TcpListener, inner: Arc<Inner>) {
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into())
-        .map_err(|e: Infallible| match e {})
-        .boxed()
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
 }
 
 async fn handle(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Response<Body>, BoxError> {
@@ -137,12 +135,8 @@ async fn handle(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respons
     match mode {
         Mode::Normal => {}
         Mode::Status(code) => {
-            let mut r = Response::new(full(format!(
-                "backend {} failing with {code}\n",
-                inner.name
-            )));
-            *r.status_mut() =
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = Response::new(full(format!("backend {} failing with {code}\n", inner.name)));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Ok(r);
         }
         Mode::Hang => std::future::pending::<()>().await,
@@ -178,8 +172,7 @@ async fn handle(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respons
     if req.headers().get("x-test-echo").is_some() {
         let mut r = Response::new(req.into_body().map_err(BoxError::from).boxed());
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert("x-backend", HeaderValue::from_str(&inner.name)?);
+        r.headers_mut().insert("x-backend", HeaderValue::from_str(&inner.name)?);
         return Ok(r);
     }
     let trailers = req.headers().get("x-test-trailers").is_some();
@@ -220,10 +213,7 @@ async fn handle(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respons
     text.push(b'\n');
     let body = if trailers {
         let mut t = HeaderMap::new();
-        t.insert(
-            "x-checksum",
-            HeaderValue::from_str(&format!("{}", text.len()))?,
-        );
+        t.insert("x-checksum", HeaderValue::from_str(&format!("{}", text.len()))?);
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
             vec![Ok(Frame::data(Bytes::from(text))), Ok(Frame::trailers(t))];
         StreamBody::new(futures_util::stream::iter(frames)).boxed()
@@ -232,12 +222,9 @@ async fn handle(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respons
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     r.headers_mut()
-        .insert("x-backend", HeaderValue::from_str(&inner.name)?);
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("x-backend", HeaderValue::from_str(&inner.name)?);
     if trailers {
         r.headers_mut()
             .insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
@@ -256,16 +243,12 @@ fn stream_bytes(n: u64, status: StatusCode) -> Response<Body> {
                 return None;
             }
             let take = left.min(CHUNK as u64) as usize;
-            Some((
-                Ok::<_, BoxError>(Frame::data(chunk.slice(..take))),
-                left - take as u64,
-            ))
+            Some((Ok::<_, BoxError>(Frame::data(chunk.slice(..take))), left - take as u64))
         }
     });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     r
 }
 
@@ -304,9 +287,7 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
 
 /// Echo WebSocket messages (RFC 6455 framing: client frames masked, ours not); answer pings,
 /// echo close and stop.
-async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut io: S,
-) -> std::io::Result<()> {
+async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) -> std::io::Result<()> {
     loop {
         let mut head = [0u8; 2];
         io.read_exact(&mut head).await?;
@@ -319,9 +300,7 @@ async fn ws_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             len = io.read_u64().await?;
         }
         if len > 16 << 20 {
-            return Err(std::io::Error::other(
-                "frame too large for the test backend",
-            ));
+            return Err(std::io::Error::other("frame too large for the test backend"));
         }
         let mut mask = [0u8; 4];
         if masked {

@@ -35,25 +35,13 @@ async fn backend_state(p: &Proxy, addr: SocketAddr) -> serde_json::Value {
 }
 
 /// Issue GETs one after another until `stop` resolves; returns (ok, failed).
-async fn steady_gets(
-    addr: SocketAddr,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> (usize, Vec<String>) {
+async fn steady_gets(addr: SocketAddr, stop: tokio::sync::watch::Receiver<bool>) -> (usize, Vec<String>) {
     let mut ok = 0;
     let mut failed = Vec::new();
     while !*stop.borrow() {
-        match try_send(
-            addr,
-            Request::get("/").body(Full::new(Bytes::new())).unwrap(),
-        )
-        .await
-        {
+        match try_send(addr, Request::get("/").body(Full::new(Bytes::new())).unwrap()).await {
             Ok(r) if r.status() == 200 => ok += 1,
-            Ok(r) => failed.push(format!(
-                "{} {}",
-                r.status(),
-                String::from_utf8_lossy(r.body())
-            )),
+            Ok(r) => failed.push(format!("{} {}", r.status(), String::from_utf8_lossy(r.body()))),
             Err(e) => failed.push(e),
         }
     }
@@ -89,9 +77,7 @@ fall = 2"#,
         "the dead backend was never marked down"
     );
     let up = p
-        .metric(&format!(
-            "waypost_backend_up{{pool=\"web\",backend=\"{c_addr}\"}}"
-        ))
+        .metric(&format!("waypost_backend_up{{pool=\"web\",backend=\"{c_addr}\"}}"))
         .await;
     assert_eq!(up, Some(0.0));
 
@@ -163,10 +149,7 @@ max_ejected_percent = 50"#,
     );
     let again = backend_state(&p, bad.addr).await;
     let left = again["ejected_for_seconds"].as_f64().expect("ejected");
-    assert!(
-        left > 1.0 && left <= 2.0,
-        "second ejection should last 2 s: {again}"
-    );
+    assert!(left > 1.0 && left <= 2.0, "second ejection should last 2 s: {again}");
     assert_eq!(good.hits() + bad.hits() > 0, true);
 }
 
@@ -213,10 +196,7 @@ expect_status = "204""#
 async fn with_every_backend_down_requests_get_503_with_retry_after() {
     let a = TestBackend::start("a").await.unwrap();
     let b = TestBackend::start("b").await.unwrap();
-    let p = Proxy::start(&pool_config(
-        &[a.addr, b.addr],
-        &failing_checks("panic_threshold = 0"),
-    ));
+    let p = Proxy::start(&pool_config(&[a.addr, b.addr], &failing_checks("panic_threshold = 0")));
     assert!(
         eventually(Duration::from_secs(10), || async {
             get(p.addr(), "/").await.status() == 503
@@ -240,10 +220,7 @@ async fn with_every_backend_down_requests_get_503_with_retry_after() {
 async fn below_the_panic_threshold_traffic_spreads_over_all_backends() {
     let a = TestBackend::start("a").await.unwrap();
     let b = TestBackend::start("b").await.unwrap();
-    let p = Proxy::start(&pool_config(
-        &[a.addr, b.addr],
-        &failing_checks("panic_threshold = 50"),
-    ));
+    let p = Proxy::start(&pool_config(&[a.addr, b.addr], &failing_checks("panic_threshold = 50")));
     assert!(
         eventually(Duration::from_secs(10), || async {
             let s = status(&p).await;
@@ -259,16 +236,8 @@ async fn below_the_panic_threshold_traffic_spreads_over_all_backends() {
     for _ in 0..20 {
         assert_eq!(get(p.addr(), "/").await.status(), 200);
     }
-    assert!(
-        a.hits() - ha >= 5 && b.hits() - hb >= 5,
-        "panic mode should use both"
-    );
-    assert!(
-        p.metric("waypost_panic_mode_total{pool=\"web\"}")
-            .await
-            .unwrap_or(0.0)
-            >= 20.0
-    );
+    assert!(a.hits() - ha >= 5 && b.hits() - hb >= 5, "panic mode should use both");
+    assert!(p.metric("waypost_panic_mode_total{pool=\"web\"}").await.unwrap_or(0.0) >= 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,10 +270,7 @@ queue_timeout = "300ms""#,
     let r = get(p.addr(), "/").await;
     assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(
-        p.metric("waypost_queue_timeouts_total{pool=\"web\"}").await,
-        Some(1.0)
-    );
+    assert_eq!(p.metric("waypost_queue_timeouts_total{pool=\"web\"}").await, Some(1.0));
     assert_eq!(slow.await.unwrap().status(), 200);
 }
 
@@ -342,14 +308,8 @@ queue_timeout = "20s""#,
         assert_eq!(r.await.unwrap().status(), 200);
     }
     assert!(max_in_flight.load(Ordering::Relaxed) <= 2, "limit exceeded");
-    assert!(
-        max_queued.load(Ordering::Relaxed) >= 1,
-        "nothing ever queued"
-    );
-    assert_eq!(
-        p.metric("waypost_queue_timeouts_total{pool=\"web\"}").await,
-        Some(0.0)
-    );
+    assert!(max_queued.load(Ordering::Relaxed) >= 1, "nothing ever queued");
+    assert_eq!(p.metric("waypost_queue_timeouts_total{pool=\"web\"}").await, Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,25 +390,17 @@ consecutive_failures = 0"#,
     let mut reqs = Vec::new();
     for _ in 0..n {
         let addr = p.addr();
-        reqs.push(tokio::spawn(async move {
-            get(addr, "/").await.status().as_u16()
-        }));
+        reqs.push(tokio::spawn(async move { get(addr, "/").await.status().as_u16() }));
     }
     for r in reqs {
         assert_eq!(r.await.unwrap(), 502);
     }
-    let retries = p
-        .metric("waypost_retries_total{pool=\"web\"}")
-        .await
-        .unwrap_or(0.0);
+    let retries = p.metric("waypost_retries_total{pool=\"web\"}").await.unwrap_or(0.0);
     let refused = p
         .metric("waypost_retry_budget_exhausted_total{pool=\"web\"}")
         .await
         .unwrap_or(0.0);
-    assert!(
-        retries <= 3.0 + 0.2 * n as f64,
-        "retries {retries} exceed the budget"
-    );
+    assert!(retries <= 3.0 + 0.2 * n as f64, "retries {retries} exceed the budget");
     assert!(refused >= 1.0, "the budget never refused a retry");
     assert!(
         retries >= 3.0,

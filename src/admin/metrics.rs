@@ -25,6 +25,7 @@ pub const CONNECTIONS_TOTAL: &str = "waypost_connections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "waypost_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "waypost_config_generation";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "waypost_config_last_reload_success_timestamp_seconds";
+pub const DNS_RESOLUTIONS_TOTAL: &str = "waypost_dns_resolutions_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "waypost_access_log_dropped_total";
 
 /// Status classes as label values; index 5 is a transport failure with no status at all.
@@ -43,8 +44,7 @@ pub fn class_index(status: u16) -> usize {
 pub const ERROR_CLASS: usize = 5;
 
 const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -57,10 +57,7 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("static bucket list is not empty")
             // Gauges are refreshed at every scrape; ones not refreshed belong to removed
             // backends or listeners and are dropped.
-            .idle_timeout(
-                MetricKindMask::GAUGE,
-                Some(std::time::Duration::from_secs(300)),
-            )
+            .idle_timeout(MetricKindMask::GAUGE, Some(std::time::Duration::from_secs(300)))
             .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (a host program embedding the library);
@@ -106,24 +103,18 @@ fn describe() {
         PANIC_MODE_TOTAL,
         "Requests routed to all backends of a pool because too few were healthy."
     );
-    describe_counter!(QUEUE_TIMEOUTS_TOTAL, "Requests that waited for a backend slot past queue_timeout (or found the queue full) and got 503.");
+    describe_counter!(
+        QUEUE_TIMEOUTS_TOTAL,
+        "Requests that waited for a backend slot past queue_timeout (or found the queue full) and got 503."
+    );
     describe_counter!(
         RETRY_BUDGET_EXHAUSTED_TOTAL,
         "Retries not made because the pool's retry budget was spent."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
-    describe_counter!(
-        CONNECTIONS_TOTAL,
-        "Client connections accepted, by listener."
-    );
-    describe_counter!(
-        CONFIG_RELOADS_TOTAL,
-        "Config reloads, by result (success or failure)."
-    );
-    describe_gauge!(
-        CONFIG_GENERATION,
-        "The generation number of the running config."
-    );
+    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted, by listener.");
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result (success or failure).");
+    describe_gauge!(CONFIG_GENERATION, "The generation number of the running config.");
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS,
         Unit::Seconds,
@@ -223,13 +214,8 @@ pub fn set_connections_active(listener: &str, n: usize) {
 }
 
 pub fn set_backend(pool: &str, backend: &str, up: bool, in_flight: usize) {
-    gauge!(BACKEND_UP, "pool" => pool.to_string(), "backend" => backend.to_string()).set(if up {
-        1.0
-    } else {
-        0.0
-    });
-    gauge!(BACKEND_IN_FLIGHT, "pool" => pool.to_string(), "backend" => backend.to_string())
-        .set(in_flight as f64);
+    gauge!(BACKEND_UP, "pool" => pool.to_string(), "backend" => backend.to_string()).set(if up { 1.0 } else { 0.0 });
+    gauge!(BACKEND_IN_FLIGHT, "pool" => pool.to_string(), "backend" => backend.to_string()).set(in_flight as f64);
 }
 
 pub fn reload(success: bool) {
@@ -244,4 +230,9 @@ pub fn set_generation(generation: u64, last_success_unix: f64) {
 
 pub fn access_log_dropped() {
     counter!(ACCESS_LOG_DROPPED_TOTAL).increment(1);
+}
+
+pub fn dns_resolution(name: &str, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    counter!(DNS_RESOLUTIONS_TOTAL, "name" => name.to_string(), "result" => result).increment(1);
 }

@@ -44,11 +44,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -117,10 +113,7 @@ fn check_token(req: &Request<Incoming>, shared: &Shared) -> Option<Response<Full
     if bool::from(given.ct_eq(expected.as_bytes())) {
         None
     } else {
-        let mut r = text(
-            StatusCode::UNAUTHORIZED,
-            "401 a valid bearer token is required\n",
-        );
+        let mut r = text(StatusCode::UNAUTHORIZED, "401 a valid bearer token is required\n");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         Some(r)
@@ -215,11 +208,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|r| json!({"name": &*r.name, "pool": &*state.pools[r.pool].name}))
         .collect();
-    let last = shared
-        .last_reload
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
+    let last = shared.last_reload.lock().map(|l| l.clone()).unwrap_or_default();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": state.generation,

@@ -45,11 +45,7 @@ impl Balancer {
 
     /// Pick a member index. `usable(i)` says whether member i may take this request (healthy,
     /// not already tried); `load(i)` is its in-flight count.
-    pub fn pick(
-        &self,
-        usable: impl Fn(usize) -> bool,
-        load: impl Fn(usize) -> usize,
-    ) -> Option<usize> {
+    pub fn pick(&self, usable: impl Fn(usize) -> bool, load: impl Fn(usize) -> usize) -> Option<usize> {
         let n = self.weights.len();
         if n == 0 {
             return None;
@@ -105,11 +101,7 @@ impl Balancer {
         la * u64::from(self.weights[b]) <= lb * u64::from(self.weights[a])
     }
 
-    fn least_loaded(
-        &self,
-        usable: &impl Fn(usize) -> bool,
-        load: &impl Fn(usize) -> usize,
-    ) -> Option<usize> {
+    fn least_loaded(&self, usable: &impl Fn(usize) -> bool, load: &impl Fn(usize) -> usize) -> Option<usize> {
         let mut best: Option<usize> = None;
         for i in (0..self.weights.len()).filter(|&i| usable(i)) {
             best = match best {
@@ -134,9 +126,7 @@ pub fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     if weights.is_empty() {
         return Vec::new();
     }
-    let g = weights
-        .iter()
-        .fold(0u64, |g, &w| gcd(g, u64::from(w.max(1))));
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w.max(1))));
     let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1)) / g).collect();
     let sum: u64 = w.iter().sum();
     if sum > MAX_CYCLE {

@@ -24,6 +24,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
+    pub dns: DnsConfig,
     /// Hex digest of the file's bytes, shown in /status to tell generations apart.
     pub hash: String,
 }
@@ -87,10 +88,48 @@ impl Balance {
     }
 }
 
+/// Where a backend is: an address, or a host name resolved by DNS (every address it resolves
+/// to becomes a backend).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl std::fmt::Display for BackendAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddress::Ip(a) => write!(f, "{a}"),
+            BackendAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
-    pub address: SocketAddr,
+    pub address: BackendAddress,
     pub weight: u32,
+}
+
+/// `[dns]`: how backend host names are resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    /// Name servers; empty: the system's (resolv.conf). /etc/hosts is honoured either way.
+    pub servers: Vec<SocketAddr>,
+    /// Re-resolve no sooner than this, whatever the record's TTL.
+    pub min_ttl: Duration,
+    /// Re-resolve at least this often.
+    pub max_ttl: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -143,10 +182,7 @@ pub struct RouteConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{} problem(s) in the config", .0.len())]
     Invalid(Vec<Problem>),
 }
@@ -212,6 +248,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let server = read_server(root.obj("server"));
     let admin = read_admin(root.obj("admin"), base);
     let log = read_log(root.obj("log"), base);
+    let dns = read_dns(root.obj("dns"));
     for (key, what) in [
         (
             "session",
@@ -247,21 +284,9 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let listener_names = names(&listener_objs);
     let pool_names_at = names(&pool_objs);
     let route_names = names(&route_objs);
-    check_unique(
-        ctx,
-        listener_names.iter().map(|(n, a)| (n.as_str(), a)),
-        "listener",
-    );
-    check_unique(
-        ctx,
-        pool_names_at.iter().map(|(n, a)| (n.as_str(), a)),
-        "pool",
-    );
-    check_unique(
-        ctx,
-        route_names.iter().map(|(n, a)| (n.as_str(), a)),
-        "route",
-    );
+    check_unique(ctx, listener_names.iter().map(|(n, a)| (n.as_str(), a)), "listener");
+    check_unique(ctx, pool_names_at.iter().map(|(n, a)| (n.as_str(), a)), "pool");
+    check_unique(ctx, route_names.iter().map(|(n, a)| (n.as_str(), a)), "route");
     let pool_names: HashSet<&str> = pool_names_at.iter().map(|(n, _)| n.as_str()).collect();
     for o in &route_objs {
         if let Some(p) = o.peek_str("pool") {
@@ -308,6 +333,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
         pools: pools.into_iter().map(|(p, _)| p).collect(),
         routes: routes.into_iter().map(|(r, _)| r).collect(),
+        dns: dns?,
         hash: String::new(),
     })
 }
@@ -329,14 +355,9 @@ fn check_unique<'a>(ctx: &Ctx, names: impl Iterator<Item = (&'a str, &'a At)>, w
 /// be chosen, which is always a mistake worth reporting.
 fn check_shadowed_routes(ctx: &Ctx, routes: &[(RouteConfig, RouteAt)]) {
     let any_host = [HostMatch::Exact(String::new())];
-    let mut seen: HashMap<(&HostMatch, &PathMatch), Vec<(usize, Option<&Vec<Method>>)>> =
-        HashMap::new();
+    let mut seen: HashMap<(&HostMatch, &PathMatch), Vec<(usize, Option<&Vec<Method>>)>> = HashMap::new();
     for (i, (r, at)) in routes.iter().enumerate() {
-        let hosts: &[HostMatch] = if r.hosts.is_empty() {
-            &any_host
-        } else {
-            &r.hosts
-        };
+        let hosts: &[HostMatch] = if r.hosts.is_empty() { &any_host } else { &r.hosts };
         for h in hosts {
             let entry = seen.entry((h, &r.path)).or_default();
             for (j, m) in entry.iter() {
@@ -358,6 +379,35 @@ fn check_shadowed_routes(ctx: &Ctx, routes: &[(RouteConfig, RouteAt)]) {
             entry.push((i, r.methods.as_ref()));
         }
     }
+}
+
+fn read_dns(o: Option<Obj>) -> Option<DnsConfig> {
+    let mut d = DnsConfig::default();
+    let Some(o) = o else { return Some(d) };
+    for (s, at) in o.str_list("servers").unwrap_or_default() {
+        let parsed = s
+            .parse::<SocketAddr>()
+            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(a) => d.servers.push(a),
+            Err(_) => o.ctx().problem(
+                at.path,
+                at.line,
+                format!("invalid name server {s:?}: expected an IP or IP:port"),
+            ),
+        }
+    }
+    if let Some(v) = o.duration("min_ttl") {
+        d.min_ttl = v;
+    }
+    if let Some(v) = o.duration("max_ttl") {
+        d.max_ttl = v;
+    }
+    if d.max_ttl < d.min_ttl || d.max_ttl.is_zero() {
+        o.problem("max_ttl", "must be greater than 0 and at least min_ttl");
+    }
+    o.finish();
+    Some(d)
 }
 
 fn read_server(o: Option<Obj>) -> Option<ServerConfig> {
@@ -469,9 +519,8 @@ fn read_log(o: Option<Obj>, base: Option<&Path>) -> Option<LogConfig> {
 }
 
 fn parse_bind(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|_| {
-        format!("invalid address {s:?}: expected IP:port, like \"127.0.0.1:8080\" or \"[::]:80\"")
-    })
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("invalid address {s:?}: expected IP:port, like \"127.0.0.1:8080\" or \"[::]:80\""))
 }
 
 fn read_listener(o: &Obj) -> Option<(ListenerConfig, At)> {
@@ -555,22 +604,14 @@ fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
     for b in &backend_objs {
-        let addr = b
-            .req_str("address")
-            .and_then(|a| parse_backend_address(b, &a));
+        let addr = b.req_str("address").and_then(|a| parse_backend_address(b, &a));
         let weight = b.uint("weight", 10_000).unwrap_or(1);
         if b.has("weight") && weight == 0 {
-            b.problem(
-                "weight",
-                "must be at least 1 (remove the backend to take it out)",
-            );
+            b.problem("weight", "must be at least 1 (remove the backend to take it out)");
         }
         if let Some(addr) = addr {
-            if !seen.insert(addr) {
-                b.problem(
-                    "address",
-                    format!("backend {addr} is listed twice in this pool"),
-                );
+            if !seen.insert(addr.clone()) {
+                b.problem("address", format!("backend {addr} is listed twice in this pool"));
             }
             backends.push(BackendConfig {
                 address: addr,
@@ -585,10 +626,7 @@ fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
     let response_timeout = positive_duration(o, "response_timeout", Duration::from_secs(30));
     let retries = o.uint("retries", 10).unwrap_or(1) as u32;
     if o.bool("tls") == Some(true) {
-        o.problem(
-            "tls",
-            "not supported yet (upstream TLS arrives with TLS termination)",
-        );
+        o.problem("tls", "not supported yet (upstream TLS arrives with TLS termination)");
     }
     o.unsupported("ca_file", "upstream TLS arrives with TLS termination");
     o.unsupported("datacenter", "geo-routing");
@@ -614,18 +652,13 @@ fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
     };
     let slow_start = o.duration("slow_start").unwrap_or(Duration::ZERO);
     let panic_threshold = o.uint("panic_threshold", 100).unwrap_or(0) as u32;
-    let max_connections_per_backend = o
-        .uint("max_connections_per_backend", 1_000_000)
-        .unwrap_or(0) as u32;
+    let max_connections_per_backend = o.uint("max_connections_per_backend", 1_000_000).unwrap_or(0) as u32;
     let queue_timeout = positive_duration(o, "queue_timeout", Duration::from_secs(1));
     let queue_size = o.uint("queue_size", 1_000_000).unwrap_or(1024) as u32;
     if max_connections_per_backend == 0 {
         for key in ["queue_timeout", "queue_size"] {
             if o.has(key) {
-                o.problem(
-                    key,
-                    "only applies with max_connections_per_backend set above 0",
-                );
+                o.problem(key, "only applies with max_connections_per_backend set above 0");
             }
         }
     }
@@ -677,10 +710,7 @@ fn read_health(h: &Obj) -> HealthCheck {
         }
     }
     let assume_healthy = h.bool("assume_healthy").unwrap_or(true);
-    h.unsupported(
-        "lag_header",
-        "replica lag arrives with the read/write split",
-    );
+    h.unsupported("lag_header", "replica lag arrives with the read/write split");
     HealthCheck {
         path,
         host,
@@ -704,34 +734,41 @@ fn read_passive(p: &Obj) -> Option<Passive> {
     })
 }
 
-fn parse_backend_address(o: &Obj, a: &str) -> Option<SocketAddr> {
+fn parse_backend_address(o: &Obj, a: &str) -> Option<BackendAddress> {
     if let Ok(addr) = a.parse::<SocketAddr>() {
         if addr.port() == 0 {
-            o.problem(
-                "address",
-                format!("backend {a:?} needs a port other than 0"),
-            );
+            o.problem("address", format!("backend {a:?} needs a port other than 0"));
             return None;
         }
-        return Some(addr);
+        return Some(BackendAddress::Ip(addr));
     }
+    let valid_host = |h: &str| {
+        h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
     match a.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => {
-            if host.parse::<IpAddr>().is_err() {
-                o.problem(
-                    "address",
-                    format!("host name {host:?}: DNS-discovered backends are not supported yet; use an IP address"),
-                );
-            } else {
-                o.problem("address", format!("invalid backend address {a:?}"));
+        Some((host, port)) if !host.is_empty() && host.parse::<IpAddr>().is_err() && valid_host(host) => {
+            match port.parse::<u16>() {
+                Ok(p) if p != 0 => Some(BackendAddress::Name {
+                    host: host.to_ascii_lowercase(),
+                    port: p,
+                }),
+                _ => {
+                    o.problem("address", format!("backend {a:?} needs a port from 1 to 65535"));
+                    None
+                }
             }
         }
-        _ => o.problem(
-            "address",
-            format!("invalid backend address {a:?}: expected IP:port, like \"127.0.0.1:9001\""),
-        ),
+        _ => {
+            o.problem(
+                "address",
+                format!("invalid backend address {a:?}: expected IP:port or host:port, like \"127.0.0.1:9001\" or \"app.internal:8080\""),
+            );
+            None
+        }
     }
-    None
 }
 
 fn positive_duration(o: &Obj, key: &'static str, default: Duration) -> Duration {
@@ -759,8 +796,7 @@ fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
         match parse_host(&h) {
             Ok(m) => {
                 if hosts.contains(&m) {
-                    o.ctx()
-                        .problem(at.path, at.line, format!("host {h:?} is listed twice"));
+                    o.ctx().problem(at.path, at.line, format!("host {h:?} is listed twice"));
                 } else {
                     hosts.push(m);
                 }
@@ -801,9 +837,7 @@ fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
                         o.ctx().problem(
                             at.path,
                             at.line,
-                            format!(
-                                "invalid method {m:?}: methods are upper-case tokens like \"GET\""
-                            ),
+                            format!("invalid method {m:?}: methods are upper-case tokens like \"GET\""),
                         );
                         None
                     }
@@ -837,9 +871,7 @@ fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             strip_prefix,
             pool: pool.unwrap_or_default(),
         },
-        RouteAt {
-            name: o.at_key("name"),
-        },
+        RouteAt { name: o.at_key("name") },
     ))
 }
 
@@ -851,9 +883,7 @@ fn check_path(o: &Obj, key: &'static str, p: &str) -> bool {
     if p.contains(['?', '#']) || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
         o.problem(
             key,
-            format!(
-                "{p:?} must be a plain path (no query, fragment, spaces or control characters)"
-            ),
+            format!("{p:?} must be a plain path (no query, fragment, spaces or control characters)"),
         );
         return false;
     }
@@ -864,11 +894,8 @@ fn parse_host(h: &str) -> Result<HostMatch, String> {
     let lower = h.to_ascii_lowercase();
     let valid_label = |s: &str| {
         !s.is_empty()
-            && s.split('.').all(|l| {
-                !l.is_empty()
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
+            && s.split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     };
     if let Some(rest) = lower.strip_prefix("*.") {
         if valid_label(rest) {

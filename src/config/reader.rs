@@ -174,8 +174,7 @@ impl<'c, 's> Obj<'c, 's> {
 
     /// Report a problem with `key` of this table.
     pub fn problem(&self, key: &str, message: impl Into<String>) {
-        self.ctx
-            .problem(self.key_path(key), self.key_line(key), message);
+        self.ctx.problem(self.key_path(key), self.key_line(key), message);
     }
 
     /// Report a problem with this table itself.
@@ -191,10 +190,7 @@ impl<'c, 's> Obj<'c, 's> {
     /// The string at `key` without marking or checking it: for cross-references gathered before
     /// (and whatever the outcome of) reading the table in full.
     pub fn peek_str(&self, key: &str) -> Option<String> {
-        self.tbl
-            .get(key)
-            .and_then(|i| i.as_str())
-            .map(str::to_string)
+        self.tbl.get(key).and_then(|i| i.as_str()).map(str::to_string)
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -287,10 +283,7 @@ impl<'c, 's> Obj<'c, 's> {
                 None => self.ctx.problem(
                     path,
                     line,
-                    format!(
-                        "expected a string, found {}",
-                        type_name(&Item::Value(v.clone()))
-                    ),
+                    format!("expected a string, found {}", type_name(&Item::Value(v.clone()))),
                 ),
             }
         }
@@ -393,31 +386,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        format!(
-            "invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"2s\", \"5m\""
-        )
-    })?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"2s\", \"5m\""))?;
     let mult = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        "" => {
-            return Err(format!(
-                "invalid duration {s:?}: missing unit (ms, s, m, h, d)"
-            ))
-        }
-        u => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {u:?} (ms, s, m, h, d)"
-            ))
-        }
+        "" => return Err(format!("invalid duration {s:?}: missing unit (ms, s, m, h, d)")),
+        u => return Err(format!("invalid duration {s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
     };
     let secs = n * mult;
     if !secs.is_finite() || secs > 100.0 * 365.0 * 86400.0 {
@@ -431,9 +412,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected a whole number and a unit, like \"64KiB\"")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a whole number and a unit, like \"64KiB\""))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -462,10 +443,7 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            Duration::from_secs(7 * 86400)
-        );
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
     }
@@ -473,9 +451,7 @@ mod tests {
     #[test]
     fn durations_without_unit_or_with_unknown_unit_are_refused() {
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("3 weeks")
-            .unwrap_err()
-            .contains("unknown unit"));
+        assert!(parse_duration("3 weeks").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("fast").is_err());
     }
 

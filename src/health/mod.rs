@@ -85,10 +85,7 @@ pub struct Passive {
 
 /// The back-off for the n-th ejection in a row (1-based): base, 2x, 4x, 8x, then 10x at most.
 pub fn eject_duration(base: Duration, n: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(n.saturating_sub(1))
-        .unwrap_or(u32::MAX)
-        .min(10);
+    let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX).min(10);
     base * factor
 }
 
@@ -173,8 +170,7 @@ impl Health {
     /// failures in a row take it down. Only the probe task of this backend calls this.
     pub fn record_probe(&self, ok: bool, status: u16, rise: u32, fall: u32, now: u64) -> Flip {
         self.last_check_ms.store(now, Ordering::Relaxed);
-        self.last_check_status
-            .store(u32::from(status), Ordering::Relaxed);
+        self.last_check_status.store(u32::from(status), Ordering::Relaxed);
         self.last_check_ok.store(ok, Ordering::Relaxed);
         let state = self.checked();
         if ok {
@@ -189,11 +185,7 @@ impl Health {
                     self.ejected_until.store(0, Ordering::Relaxed);
                     self.live_failures.store(0, Ordering::Relaxed);
                 }
-                return if state == Checked::Down {
-                    Flip::Up
-                } else {
-                    Flip::None
-                };
+                return if state == Checked::Down { Flip::Up } else { Flip::None };
             }
         } else {
             self.passes.store(0, Ordering::Relaxed);
@@ -208,13 +200,7 @@ impl Health {
 
     /// Record a live request's outcome. Returns the ejection deadline when this failure ejects
     /// the backend; `may_eject` says whether the pool can spare it (max_ejected_percent).
-    pub fn record_live(
-        &self,
-        ok: bool,
-        cfg: &Passive,
-        now: u64,
-        may_eject: impl FnOnce() -> bool,
-    ) -> Option<u64> {
+    pub fn record_live(&self, ok: bool, cfg: &Passive, now: u64, may_eject: impl FnOnce() -> bool) -> Option<u64> {
         if ok {
             if self.live_failures.load(Ordering::Relaxed) != 0 {
                 self.live_failures.store(0, Ordering::Relaxed);
@@ -316,10 +302,7 @@ mod tests {
         for _ in 0..2 {
             h.record_live(false, &PASSIVE, 10_001, || true);
         }
-        assert_eq!(
-            h.record_live(false, &PASSIVE, 10_001, || true),
-            Some(30_001)
-        );
+        assert_eq!(h.record_live(false, &PASSIVE, 10_001, || true), Some(30_001));
     }
 
     #[test]
@@ -360,10 +343,7 @@ mod tests {
         for _ in 0..2 {
             h.record_live(false, &PASSIVE, 20_001, || true);
         }
-        assert_eq!(
-            h.record_live(false, &PASSIVE, 20_001, || true),
-            Some(30_001)
-        );
+        assert_eq!(h.record_live(false, &PASSIVE, 20_001, || true), Some(30_001));
     }
 
     #[test]

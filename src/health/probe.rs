@@ -34,9 +34,7 @@ pub struct HealthCheck {
 
 impl HealthCheck {
     pub fn passes(&self, status: u16) -> bool {
-        self.expect
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        self.expect.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
     }
 }
 
@@ -51,7 +49,11 @@ pub fn parse_status_ranges(s: &str) -> Result<Vec<(u16, u16)>, String> {
         let parse = |x: &str| x.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
         match (parse(lo), parse(hi)) {
             (Some(l), Some(h)) if l <= h => out.push((l, h)),
-            _ => return Err(format!("invalid status range {part:?}: expected like \"200-399\" or \"200,204\" with codes 100 to 599")),
+            _ => {
+                return Err(format!(
+                    "invalid status range {part:?}: expected like \"200-399\" or \"200,204\" with codes 100 to 599"
+                ))
+            }
         }
     }
     Ok(out)
@@ -62,11 +64,7 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
-async fn probe_once(
-    backend: &Backend,
-    cfg: &HealthCheck,
-    conn: &mut Option<SendRequest<ProxyBody>>,
-) -> (bool, u16) {
+async fn probe_once(backend: &Backend, cfg: &HealthCheck, conn: &mut Option<SendRequest<ProxyBody>>) -> (bool, u16) {
     let attempt = async {
         let reusable = match conn.take() {
             Some(mut s) if !s.is_closed() => s.ready().await.is_ok().then_some(s),
@@ -76,18 +74,14 @@ async fn probe_once(
             Some(s) => s,
             None => upstream::dial(backend.addr, cfg.timeout).await.ok()?,
         };
-        let mut req = Request::get(cfg.path.as_str())
-            .body(ProxyBody::Empty)
-            .ok()?;
+        let mut req = Request::get(cfg.path.as_str()).body(ProxyBody::Empty).ok()?;
         let host = match &cfg.host {
             Some(h) => HeaderValue::from_str(h).ok()?,
             None => HeaderValue::from_str(&backend.addr.to_string()).ok()?,
         };
         req.headers_mut().insert(header::HOST, host);
-        req.headers_mut().insert(
-            header::USER_AGENT,
-            HeaderValue::from_static("waypost-health-check"),
-        );
+        req.headers_mut()
+            .insert(header::USER_AGENT, HeaderValue::from_static("waypost-health-check"));
         let resp = sender.send_request(req).await.ok()?;
         let status = resp.status().as_u16();
         // Read the (small) body so the connection can serve the next probe.
@@ -111,10 +105,7 @@ async fn run(backend: Arc<Backend>, cfg: Arc<HealthCheck>) {
     let mut conn = None;
     loop {
         let (ok, status) = probe_once(&backend, &cfg, &mut conn).await;
-        match backend
-            .health
-            .record_probe(ok, status, cfg.rise, cfg.fall, now_ms())
-        {
+        match backend.health.record_probe(ok, status, cfg.rise, cfg.fall, now_ms()) {
             Flip::Up => {
                 tracing::info!(pool = %backend.pool, backend = %backend.label, "backend is up (health checks pass)")
             }
@@ -170,14 +161,7 @@ impl Prober {
         for (key, (backend, cfg)) in wanted {
             if !tasks.contains_key(&key) {
                 let handle = tokio::spawn(run(backend.clone(), cfg.clone())).abort_handle();
-                tasks.insert(
-                    key,
-                    Task {
-                        backend,
-                        cfg,
-                        handle,
-                    },
-                );
+                tasks.insert(key, Task { backend, cfg, handle });
             }
         }
     }

@@ -114,9 +114,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 fn server_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().keep_alive(true).timer(TokioTimer::new());
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+    b.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     b
 }
 

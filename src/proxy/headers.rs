@@ -78,13 +78,12 @@ fn is_simple_token(b: &[u8]) -> bool {
 
 /// Request headers towards a backend. `client_ip` is the client's address as a header value
 /// (made once per connection); `host` is the client's Host (or :authority).
-pub fn prepare_request(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    scheme: &'static str,
-    upgrade: bool,
-) {
+pub fn prepare_request(headers: &mut HeaderMap, client_ip: &HeaderValue, scheme: &'static str, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
+    // TE is hop-by-hop: the client's is gone, and this hop declares our own. waypost relays
+    // trailers (HTTP/2 clients take them; for an HTTP/1.1 client hyper drops what it can't),
+    // and backends (hyper among them) only send trailer fields to a peer that says so.
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
     append_forwarded_for(headers, client_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     if let Some(host) = headers.get(header::HOST).cloned() {
@@ -134,10 +133,7 @@ pub fn upstream_uri(uri: &Uri, strip: usize) -> Uri {
     if strip == 0 && uri.scheme().is_none() && uri.authority().is_none() {
         return uri.clone();
     }
-    let pq = uri
-        .path_and_query()
-        .map(PathAndQuery::as_str)
-        .unwrap_or("/");
+    let pq = uri.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
     if strip == 0 {
         return match uri.path_and_query() {
             Some(pq) => Uri::from(pq.clone()),
@@ -207,10 +203,7 @@ mod tests {
 
     #[test]
     fn h2c_upgrade_is_not_tunnelled() {
-        let h = map(&[
-            ("connection", "Upgrade, HTTP2-Settings"),
-            ("upgrade", "h2c"),
-        ]);
+        let h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")]);
         assert!(!wants_upgrade(&h));
     }
 
@@ -222,6 +215,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example.com");
+        assert_eq!(h["te"], "trailers", "this hop accepts trailers");
         assert_eq!(h["host"], "shop.example.com");
         let via: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(via, vec!["1.0 fred", "1.1 waypost"]);
@@ -229,10 +223,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_to_an_existing_list() {
-        let mut h = map(&[
-            ("x-forwarded-for", "203.0.113.1"),
-            ("x-forwarded-for", "198.51.100.2"),
-        ]);
+        let mut h = map(&[("x-forwarded-for", "203.0.113.1"), ("x-forwarded-for", "198.51.100.2")]);
         append_forwarded_for(&mut h, &HeaderValue::from_static("192.0.2.7"));
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, vec!["203.0.113.1, 198.51.100.2, 192.0.2.7"]);

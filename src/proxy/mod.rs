@@ -45,8 +45,7 @@ impl ConnInfo {
         ConnInfo {
             listener,
             peer: SocketAddr::new(ip, peer.port()),
-            client_ip: HeaderValue::from_str(&ip.to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
+            client_ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             scheme,
         }
     }
@@ -77,18 +76,10 @@ impl Finish {
         match self.route.and_then(|r| self.state.routes.get(r)) {
             Some(route) => {
                 route.metrics.request(self.listener, class);
-                route
-                    .metrics
-                    .duration
-                    .record(self.started.elapsed().as_secs_f64());
+                route.metrics.duration.record(self.started.elapsed().as_secs_f64());
             }
             None => {
-                let l = self
-                    .state
-                    .listeners
-                    .get(self.listener)
-                    .map(|l| &**l)
-                    .unwrap_or("");
+                let l = self.state.listeners.get(self.listener).map(|l| &**l).unwrap_or("");
                 metrics::unrouted(l, class);
             }
         }
@@ -114,10 +105,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {
@@ -159,11 +147,7 @@ impl Drop for ResponseBody {
 }
 
 /// Serve one request against one generation.
-pub async fn handle(
-    req: Request<Incoming>,
-    conn: &ConnInfo,
-    state: Arc<State>,
-) -> Response<ResponseBody> {
+pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) -> Response<ResponseBody> {
     let started = Instant::now();
     let listener = state.listener_index(&conn.listener);
     let (mut parts, body) = req.into_parts();

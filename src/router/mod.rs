@@ -101,9 +101,7 @@ impl Router {
         let idx = match host {
             None => *self.any_host.get_or_insert(next),
             Some(HostMatch::Exact(h)) => *self.exact_hosts.entry(h.as_str().into()).or_insert(next),
-            Some(HostMatch::Wildcard(s)) => {
-                *self.wildcard_hosts.entry(s.as_str().into()).or_insert(next)
-            }
+            Some(HostMatch::Wildcard(s)) => *self.wildcard_hosts.entry(s.as_str().into()).or_insert(next),
         };
         if idx == next {
             self.groups.push(Group::default());
@@ -176,11 +174,7 @@ mod tests {
                 })
                 .collect(),
             path,
-            methods: methods.map(|m| {
-                m.iter()
-                    .map(|s| Method::from_bytes(s.as_bytes()).unwrap())
-                    .collect()
-            }),
+            methods: methods.map(|m| m.iter().map(|s| Method::from_bytes(s.as_bytes()).unwrap()).collect()),
             strip_prefix: false,
             pool: "p".into(),
         }
@@ -190,13 +184,7 @@ mod tests {
         PathMatch::Prefix(p.into())
     }
 
-    fn name<'a>(
-        routes: &'a [RouteConfig],
-        r: &Router,
-        host: Option<&str>,
-        path: &str,
-        m: Method,
-    ) -> Option<&'a str> {
+    fn name<'a>(routes: &'a [RouteConfig], r: &Router, host: Option<&str>, path: &str, m: Method) -> Option<&'a str> {
         r.route(host, path, &m).map(|i| routes[i].name.as_str())
     }
 
@@ -209,22 +197,10 @@ mod tests {
             route("login", &[], PathMatch::Exact("/api/v2/login".into()), None),
         ];
         let r = Router::new(&routes);
-        assert_eq!(
-            name(&routes, &r, None, "/api/v2/login", Method::GET),
-            Some("login")
-        );
-        assert_eq!(
-            name(&routes, &r, None, "/api/v2/login/x", Method::GET),
-            Some("api-v2")
-        );
-        assert_eq!(
-            name(&routes, &r, None, "/api/v1/x", Method::GET),
-            Some("api")
-        );
-        assert_eq!(
-            name(&routes, &r, None, "/index.html", Method::GET),
-            Some("root")
-        );
+        assert_eq!(name(&routes, &r, None, "/api/v2/login", Method::GET), Some("login"));
+        assert_eq!(name(&routes, &r, None, "/api/v2/login/x", Method::GET), Some("api-v2"));
+        assert_eq!(name(&routes, &r, None, "/api/v1/x", Method::GET), Some("api"));
+        assert_eq!(name(&routes, &r, None, "/index.html", Method::GET), Some("root"));
     }
 
     #[test]
@@ -253,14 +229,8 @@ mod tests {
             Some("deep")
         );
         // A wildcard does not match the bare domain.
-        assert_eq!(
-            name(&routes, &r, Some("example.com"), "/", Method::GET),
-            Some("any")
-        );
-        assert_eq!(
-            name(&routes, &r, Some("other.org"), "/", Method::GET),
-            Some("any")
-        );
+        assert_eq!(name(&routes, &r, Some("example.com"), "/", Method::GET), Some("any"));
+        assert_eq!(name(&routes, &r, Some("other.org"), "/", Method::GET), Some("any"));
         assert_eq!(name(&routes, &r, None, "/", Method::GET), Some("any"));
     }
 
@@ -272,19 +242,10 @@ mod tests {
         ];
         let r = Router::new(&routes);
         assert_eq!(
-            name(
-                &routes,
-                &r,
-                Some("shop.example.com"),
-                "/cart/1",
-                Method::GET
-            ),
+            name(&routes, &r, Some("shop.example.com"), "/cart/1", Method::GET),
             Some("shop")
         );
-        assert_eq!(
-            name(&routes, &r, Some("shop.example.com"), "/other", Method::GET),
-            None
-        );
+        assert_eq!(name(&routes, &r, Some("shop.example.com"), "/other", Method::GET), None);
     }
 
     #[test]
@@ -296,28 +257,16 @@ mod tests {
         ];
         let r = Router::new(&routes);
         assert_eq!(name(&routes, &r, None, "/api/x", Method::GET), Some("read"));
-        assert_eq!(
-            name(&routes, &r, None, "/api/x", Method::POST),
-            Some("write")
-        );
-        assert_eq!(
-            name(&routes, &r, None, "/api/x", Method::DELETE),
-            Some("root")
-        );
+        assert_eq!(name(&routes, &r, None, "/api/x", Method::POST), Some("write"));
+        assert_eq!(name(&routes, &r, None, "/api/x", Method::DELETE), Some("root"));
     }
 
     #[test]
     fn no_match_is_none() {
         let routes = vec![route("api", &["api.example.com"], pre("/v1/"), None)];
         let r = Router::new(&routes);
-        assert_eq!(
-            name(&routes, &r, Some("api.example.com"), "/v2/", Method::GET),
-            None
-        );
-        assert_eq!(
-            name(&routes, &r, Some("x.example.com"), "/v1/", Method::GET),
-            None
-        );
+        assert_eq!(name(&routes, &r, Some("api.example.com"), "/v2/", Method::GET), None);
+        assert_eq!(name(&routes, &r, Some("x.example.com"), "/v1/", Method::GET), None);
         assert_eq!(name(&routes, &r, None, "/v1/", Method::GET), None);
     }
 
@@ -344,13 +293,7 @@ mod tests {
         routes.push(route("fallback", &[], pre("/"), None));
         let r = Router::new(&routes);
         assert_eq!(
-            name(
-                &routes,
-                &r,
-                Some("h42.example.com"),
-                "/p4242/x",
-                Method::GET
-            ),
+            name(&routes, &r, Some("h42.example.com"), "/p4242/x", Method::GET),
             Some("r4242")
         );
         assert_eq!(

@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 pub mod budget;
+pub mod dns;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admin::metrics::{class_index, BackendMetrics, PoolMetrics, ERROR_CLASS};
 use crate::balancer::Balancer;
-use crate::config::{Balance, PoolConfig};
+use crate::config::{BackendAddress, Balance, PoolConfig};
 use crate::error::ProxyError;
 use crate::health::probe::HealthCheck;
 use crate::health::{self, Health, Passive};
@@ -108,10 +109,7 @@ impl Backend {
     }
 
     pub fn idle_connections(&self) -> usize {
-        self.idle
-            .iter()
-            .map(|s| s.lock().map(|v| v.len()).unwrap_or(0))
-            .sum()
+        self.idle.iter().map(|s| s.lock().map(|v| v.len()).unwrap_or(0)).sum()
     }
 
     fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
@@ -202,22 +200,33 @@ pub struct Pool {
 impl Pool {
     /// Build from config, reusing the previous generation's backends of the same address (and
     /// their slots when the limit is unchanged, and the retry budget).
-    pub fn new(cfg: &PoolConfig, previous: Option<&Pool>) -> Pool {
+    pub fn new(cfg: &PoolConfig, previous: Option<&Pool>, resolved: &dns::Resolved) -> Pool {
         let now = health::now_ms();
         let max = cfg.max_connections_per_backend as usize;
-        let mut members = Vec::with_capacity(cfg.backends.len());
-        let mut slots = Vec::with_capacity(cfg.backends.len());
+        // Host names expand to every address they resolve to, with the name's weight.
+        let mut addrs: Vec<(SocketAddr, u32)> = Vec::with_capacity(cfg.backends.len());
         for b in &cfg.backends {
-            let prev = previous.and_then(|p| {
-                p.members
-                    .iter()
-                    .position(|m| m.addr == b.address)
-                    .map(|i| (p, i))
-            });
+            let expanded: Vec<SocketAddr> = match &b.address {
+                BackendAddress::Ip(a) => vec![*a],
+                BackendAddress::Name { host, port } => resolved
+                    .get(host)
+                    .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect())
+                    .unwrap_or_default(),
+            };
+            for a in expanded {
+                if !addrs.iter().any(|(x, _)| *x == a) {
+                    addrs.push((a, b.weight));
+                }
+            }
+        }
+        let mut members = Vec::with_capacity(addrs.len());
+        let mut slots = Vec::with_capacity(addrs.len());
+        for &(addr, _) in &addrs {
+            let prev = previous.and_then(|p| p.members.iter().position(|m| m.addr == addr).map(|i| (p, i)));
             let backend = match prev {
                 Some((p, i)) => p.members[i].clone(),
                 None => {
-                    let nb = Backend::new(&cfg.name, b.address);
+                    let nb = Backend::new(&cfg.name, addr);
                     nb.health.mark_up_since(now);
                     Arc::new(nb)
                 }
@@ -230,7 +239,7 @@ impl Pool {
             members.push(backend);
             slots.push(slot);
         }
-        let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
+        let weights: Vec<u32> = addrs.iter().map(|(_, w)| *w).collect();
         Pool {
             name: cfg.name.as_str().into(),
             balancer: Balancer::new(cfg.balance, &weights),
@@ -261,11 +270,7 @@ impl Pool {
         if self.panic_threshold == 0 {
             return false;
         }
-        let healthy = self
-            .members
-            .iter()
-            .filter(|m| m.health.available(now))
-            .count();
+        let healthy = self.members.iter().filter(|m| m.health.available(now)).count();
         healthy * 100 < self.panic_threshold as usize * self.members.len()
     }
 
@@ -329,11 +334,7 @@ impl Pool {
         let backend = &self.members[i];
         let now = health::now_ms();
         let may_eject = || {
-            let ejected = self
-                .members
-                .iter()
-                .filter(|m| m.health.ejected(now))
-                .count();
+            let ejected = self.members.iter().filter(|m| m.health.ejected(now)).count();
             (ejected + 1) * 100 <= passive.max_ejected_percent as usize * self.members.len()
         };
         if let Some(until) = backend.health.record_live(ok, passive, now, may_eject) {
@@ -378,11 +379,7 @@ impl Replay {
     /// or non-idempotent case copies nothing.
     pub fn capture(req: &Request<ProxyBody>, pool: &Pool) -> Option<Replay> {
         use http_body::Body;
-        if pool.retries == 0
-            || pool.members.len() < 2
-            || !is_idempotent(req.method())
-            || !req.body().is_end_stream()
-        {
+        if pool.retries == 0 || pool.members.len() < 2 || !is_idempotent(req.method()) || !req.body().is_end_stream() {
             return None;
         }
         Some(Replay {
@@ -430,10 +427,7 @@ pub async fn forward(
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let now = health::now_ms();
     pool.budget.record_request(now / 1000);
-    let mut tried = Tried {
-        list: [0; 12],
-        len: 0,
-    };
+    let mut tried = Tried { list: [0; 12], len: 0 };
     let mut last_err = None;
     let mut _retry_permit = None;
     loop {
@@ -453,10 +447,7 @@ pub async fn forward(
         let mut lease = Lease::new(backend.clone(), slot);
         let started = Instant::now();
         let result = send(pool, backend, req).await;
-        backend
-            .metrics
-            .duration
-            .record(started.elapsed().as_secs_f64());
+        backend.metrics.duration.record(started.elapsed().as_secs_f64());
         let may_retry = (tried.len as u32) <= pool.retries;
         match result {
             Ok((resp, conn)) => {
@@ -539,10 +530,7 @@ async fn exchange(
 }
 
 /// Open a new HTTP/1.1 connection to a backend. Its driver task runs on the current runtime.
-pub async fn dial(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<SendRequest<ProxyBody>, ProxyError> {
+pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<ProxyBody>, ProxyError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
         Ok(Err(e)) => return Err(ProxyError::UpstreamConnect(e)),

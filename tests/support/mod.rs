@@ -1,6 +1,6 @@
 //! Shared test support: run the real `waypost` binary on a config written to a temp dir (every
 //! address on port 0, learned from the daemon's own log), plus small HTTP/1.1 and h2c clients.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -83,10 +83,7 @@ impl Proxy {
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "waypost exited with {status} before listening:\n{}",
-                    lines.join("\n")
-                );
+                panic!("waypost exited with {status} before listening:\n{}", lines.join("\n"));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -143,8 +140,7 @@ impl Proxy {
 
     /// Resident memory of the process in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         s.lines()
             .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -155,10 +151,7 @@ impl Proxy {
     /// GET an admin path; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         let r = get(self.admin, path).await;
-        (
-            r.status().as_u16(),
-            String::from_utf8_lossy(r.body()).into_owned(),
-        )
+        (r.status().as_u16(), String::from_utf8_lossy(r.body()).into_owned())
     }
 
     /// The value of one metric series from /metrics (exact series text, e.g.
@@ -218,10 +211,7 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Bytes
     try_send(addr, req).await.expect("request failed")
 }
 
-pub async fn try_send(
-    addr: SocketAddr,
-    mut req: Request<Full<Bytes>>,
-) -> Result<Response<Bytes>, String> {
+pub async fn try_send(addr: SocketAddr, mut req: Request<Full<Bytes>>) -> Result<Response<Bytes>, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -238,11 +228,7 @@ pub async fn try_send(
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Response<Bytes> {
-    send(
-        addr,
-        Request::get(path).body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await
+    send(addr, Request::get(path).body(Full::new(Bytes::new())).unwrap()).await
 }
 
 /// GET with a Host header.
@@ -260,10 +246,9 @@ pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Response<Byte
 /// One h2c (prior knowledge) request; the whole body collected.
 pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Bytes> {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.expect("h2 request");
     let (parts, body) = resp.into_parts();
@@ -284,10 +269,7 @@ pub fn echo(resp: &Response<Bytes>) -> serde_json::Value {
 
 /// A minimal config: one listener, admin on port 0, one pool of `backends`, one catch-all route.
 pub fn simple_config(backends: &[SocketAddr], pool_extra: &str) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect();
+    let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     format!(
         r#"
 [admin]
