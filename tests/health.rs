@@ -150,7 +150,11 @@ max_ejected_percent = 50"#,
     let again = backend_state(&p, bad.addr).await;
     let left = again["ejected_for_seconds"].as_f64().expect("ejected");
     assert!(left > 1.0 && left <= 2.0, "second ejection should last 2 s: {again}");
-    assert_eq!(good.hits() + bad.hits() > 0, true);
+    assert!(
+        good.hits() >= 10,
+        "the healthy backend carried the traffic: {}",
+        good.hits()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

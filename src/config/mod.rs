@@ -205,7 +205,15 @@ pub fn parse(text: &str, base: Option<&Path>) -> Result<Config, Vec<Problem>> {
         Err(e) => {
             let ctx = Ctx::new(text);
             let line = ctx.line_of(e.span());
-            let msg = e.message().trim().to_string();
+            // One problem, one line: toml_edit's message may span several.
+            let msg = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             return Err(vec![Problem {
                 path: "(syntax)".into(),
                 line,
@@ -262,7 +270,9 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     }
 
     let listener_objs = root.objs("listener");
-    if listener_objs.is_empty() && !root.has("listener") {
+    // `listener = []` is as empty as no listener at all (a wrong type is reported by `objs`).
+    let wrong_type = root.has("listener") && !root.is_array("listener");
+    if listener_objs.is_empty() && !wrong_type {
         root.problem_here("at least one [[listener]] is required");
     }
     let listeners: Vec<_> = listener_objs.iter().filter_map(read_listener).collect();
@@ -278,7 +288,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     // table neither hides a real problem nor invents a false one.
     let names = |objs: &[Obj]| -> Vec<(String, At)> {
         objs.iter()
-            .filter_map(|o| o.peek_str("name").map(|n| (n, o.at())))
+            .filter_map(|o| o.peek_str("name").map(|n| (n, o.at_key("name"))))
             .collect()
     };
     let listener_names = names(&listener_objs);
@@ -309,7 +319,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     for (l, at) in listeners.iter().filter(|(l, _)| l.bind.port() != 0) {
         if let Some(other) = binds.insert(l.bind, &l.name) {
             ctx.problem(
-                format!("{}.bind", at.path),
+                at.path.clone(),
                 at.line,
                 format!("address {} is already used by listener {other:?}", l.bind),
             );
@@ -343,7 +353,7 @@ fn check_unique<'a>(ctx: &Ctx, names: impl Iterator<Item = (&'a str, &'a At)>, w
     for (name, at) in names {
         if let Some(first) = seen.insert(name, at.line) {
             ctx.problem(
-                format!("{}.name", at.path),
+                at.path.clone(),
                 at.line,
                 format!("duplicate {what} name {name:?} (first defined at line {first})"),
             );
@@ -355,7 +365,8 @@ fn check_unique<'a>(ctx: &Ctx, names: impl Iterator<Item = (&'a str, &'a At)>, w
 /// be chosen, which is always a mistake worth reporting.
 fn check_shadowed_routes(ctx: &Ctx, routes: &[(RouteConfig, RouteAt)]) {
     let any_host = [HostMatch::Exact(String::new())];
-    let mut seen: HashMap<(&HostMatch, &PathMatch), Vec<(usize, Option<&Vec<Method>>)>> = HashMap::new();
+    type Seen<'a> = HashMap<(&'a HostMatch, &'a PathMatch), Vec<(usize, Option<&'a Vec<Method>>)>>;
+    let mut seen: Seen = HashMap::new();
     for (i, (r, at)) in routes.iter().enumerate() {
         let hosts: &[HostMatch] = if r.hosts.is_empty() { &any_host } else { &r.hosts };
         for h in hosts {
@@ -548,7 +559,7 @@ fn read_listener(o: &Obj) -> Option<(ListenerConfig, At)> {
             name: name?,
             bind: bind?,
         },
-        o.at(),
+        o.at_key("bind"),
     ))
 }
 

@@ -193,6 +193,14 @@ impl<'c, 's> Obj<'c, 's> {
         self.tbl.get(key).and_then(|i| i.as_str()).map(str::to_string)
     }
 
+    /// Whether `key` holds an array (of tables or values).
+    pub fn is_array(&self, key: &str) -> bool {
+        matches!(
+            self.tbl.get(key),
+            Some(Item::ArrayOfTables(_)) | Some(Item::Value(Value::Array(_)))
+        )
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.tbl.get(key).is_some()
     }
@@ -373,7 +381,7 @@ impl<'c, 's> Obj<'c, 's> {
     pub fn finish(self) {
         let used = self.used.borrow();
         for (k, _) in self.tbl.iter() {
-            if !used.iter().any(|u| *u == k) {
+            if !used.contains(&k) {
                 self.problem(k, "unknown key");
             }
         }

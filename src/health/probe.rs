@@ -159,9 +159,9 @@ impl Prober {
             keep
         });
         for (key, (backend, cfg)) in wanted {
-            if !tasks.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(key) {
                 let handle = tokio::spawn(run(backend.clone(), cfg.clone())).abort_handle();
-                tasks.insert(key, Task { backend, cfg, handle });
+                slot.insert(Task { backend, cfg, handle });
             }
         }
     }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The project's test command: install what the tests need (Debian packages, when missing),
+# then check formatting, lint, and run every test. Works from a fresh clone, as root, with no
+# stdin (CI runs it as `bash .ci/run`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use. Add to this list (space-separated) when a test needs a tool:
+#   prometheus  promtool and the prometheus server (tests/prometheus.rs)
+APT_PACKAGES="prometheus"
+
+missing=()
+for pkg in $APT_PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "test.sh: installing Debian packages: ${missing[*]}"
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo -n)
+        else
+            echo "test.sh: need root (or sudo) to install: ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    started=$SECONDS
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq "${missing[@]}" </dev/null
+    echo "test.sh: installed in $((SECONDS - started))s"
+fi
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "test.sh: cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+echo "test.sh: cargo test"
+cargo test
