@@ -440,6 +440,16 @@ pub async fn forward(
                 }
             });
         };
+        // A second attempt is a retry only now that another backend is there to take it.
+        if let Some(err) = last_err.take() {
+            let Some(permit) = pool.budget.try_retry(health::now_ms() / 1000) else {
+                pool.metrics.budget_exhausted.increment(1);
+                return Err(err);
+            };
+            _retry_permit = Some(permit);
+            pool.metrics.retries.increment(1);
+            notes.retried = true;
+        }
         tried.push(idx);
         notes.count += 1;
         let slot = pool.acquire_slot(idx).await?;
@@ -469,13 +479,6 @@ pub async fn forward(
                 };
                 match next {
                     Some(r) if may_retry => {
-                        let Some(permit) = pool.budget.try_retry(health::now_ms() / 1000) else {
-                            pool.metrics.budget_exhausted.increment(1);
-                            return Err(err);
-                        };
-                        _retry_permit = Some(permit);
-                        pool.metrics.retries.increment(1);
-                        notes.retried = true;
                         req = r;
                         last_err = Some(err);
                     }
