@@ -64,6 +64,8 @@ pub struct LastReload {
 
 pub struct RunningListener {
     pub stats: Arc<ListenerStats>,
+    /// Our own handle on the listening socket (workers hold duplicates).
+    socket: std::net::TcpListener,
     /// The address as configured (the bound one may differ when the port is 0).
     pub configured: SocketAddr,
     stop: watch::Sender<bool>,
@@ -110,15 +112,38 @@ fn raise_nofile_limit() {
     }
 }
 
+type LevelHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
+
+fn level_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("waypost={level},warn"))
+}
+
+/// Log to stderr at `level`; RUST_LOG, when set, overrides the config (then reloads keep it).
 pub fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("waypost={level},warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let filter = if from_env {
+        tracing_subscriber::EnvFilter::from_default_env()
+    } else {
+        level_filter(level)
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() && !from_env {
+        let _ = LOG_LEVEL.set(handle);
+    }
+}
+
+/// Apply a reloaded `[log] level` (no-op when RUST_LOG rules).
+fn set_log_level(level: &str) {
+    if let Some(h) = LOG_LEVEL.get() {
+        let _ = h.reload(level_filter(level));
+    }
 }
 
 /// Run the daemon until SIGTERM/SIGINT, then drain and return.
@@ -139,7 +164,6 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn control(config: Config, config_path: Option<PathBuf>, workers: usize) -> anyhow::Result<()> {
-    let grace = config.server.graceful_shutdown_timeout;
     let admin_bind = config.admin.bind;
     let max_conns = config.server.max_connections;
     let listener_cfgs = config.listeners.clone();
@@ -207,6 +231,8 @@ async fn control(config: Config, config_path: Option<PathBuf>, workers: usize) -
             _ = int.recv() => break,
         }
     }
+    // The running generation's timeout: a reload may have changed it.
+    let grace = shared.state.load().config.server.graceful_shutdown_timeout;
     shutdown(&shared, grace).await;
     Ok(())
 }
@@ -268,6 +294,7 @@ fn start_listener(shared: &Arc<Shared>, cfg: &ListenerConfig, socket: std::net::
             cfg.name.clone(),
             RunningListener {
                 stats,
+                socket,
                 configured: cfg.bind,
                 stop: stop_tx,
             },
@@ -333,14 +360,29 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
         .into_iter()
         .filter(|(n, a)| !cfg.listeners.iter().any(|l| l.name == *n && l.bind == *a))
         .collect();
-    // Addresses being freed by this reload can be taken over by another listener only after the
-    // old one stops; bind those after stopping, the rest before anything changes.
-    let freed: Vec<SocketAddr> = to_remove.iter().map(|(_, a)| *a).collect();
-    let (early, late): (Vec<_>, Vec<_>) = to_add.into_iter().partition(|l| !freed.contains(&l.bind));
-    let early_sockets = match bind_all(&early) {
-        Ok(s) => s,
-        Err(e) => return fail(vec![e]),
-    };
+    // A new listener on an address that a removed one frees takes over its socket: no rebind,
+    // no moment without a listening socket. Everything else is bound now, before anything
+    // changes, so a failure leaves the running generation untouched.
+    let mut reusable: HashMap<SocketAddr, std::net::TcpListener> = shared
+        .listeners
+        .lock()
+        .map(|m| {
+            to_remove
+                .iter()
+                .filter_map(|(n, a)| Some((*a, m.get(n)?.socket.try_clone().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut sockets = Vec::with_capacity(to_add.len());
+    for l in &to_add {
+        match reusable.remove(&l.bind) {
+            Some(s) => sockets.push(s),
+            None => match listener::bind(l.bind) {
+                Ok(s) => sockets.push(s),
+                Err(e) => return fail(vec![format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind)]),
+            },
+        }
+    }
     let generation = current.generation + 1;
     let max_conns = cfg.server.max_connections;
     shared.dns.prime(&cfg).await;
@@ -348,13 +390,12 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
         Ok(s) => s,
         Err(p) => return fail(p.iter().map(|p| p.to_string()).collect()),
     };
+    let level = new_state.config.log.level.clone();
     shared.state.store(Arc::new(new_state));
     shared.prober.reconcile(&shared.state.load());
     watch_dns(shared);
+    set_log_level(&level);
     shared.gate.set_max(max_conns);
-    for (cfg, socket) in early.iter().zip(early_sockets) {
-        start_listener(shared, cfg, socket);
-    }
     for (name, _) in &to_remove {
         let removed = shared.listeners.lock().ok().and_then(|mut m| m.remove(name));
         if let Some(r) = removed {
@@ -362,35 +403,22 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
             tracing::info!(listener = %name, "listener removed; its connections drain");
         }
     }
-    let mut errors = Vec::new();
-    for cfg in &late {
-        // The old socket closes once every worker has dropped it; give them a moment.
-        let mut socket = listener::bind(cfg.bind);
-        for _ in 0..50 {
-            if socket.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            socket = listener::bind(cfg.bind);
-        }
-        match socket {
-            Ok(s) => start_listener(shared, cfg, s),
-            Err(e) => errors.push(format!("listener {:?}: cannot bind {}: {e}", cfg.name, cfg.bind)),
-        }
+    for (cfg, socket) in to_add.iter().zip(sockets) {
+        start_listener(shared, cfg, socket);
     }
     metrics::reload(true);
     let t = shared.mark_success(generation);
     if let Ok(mut l) = shared.last_reload.lock() {
         *l = LastReload {
-            ok: errors.is_empty(),
+            ok: true,
             time_unix: t,
-            errors: errors.clone(),
+            errors: vec![],
         };
     }
     ReloadOutcome {
-        ok: errors.is_empty(),
+        ok: true,
         generation,
-        errors,
+        errors: vec![],
     }
 }
 
@@ -427,11 +455,17 @@ async fn rebuild(shared: &Arc<Shared>) {
 async fn shutdown(shared: &Arc<Shared>, grace: Duration) {
     tracing::info!(timeout = ?grace, "shutting down: draining connections");
     shared.ready.store(false, Ordering::Relaxed);
-    if let Ok(map) = shared.listeners.lock() {
-        for r in map.values() {
-            let _ = r.stop.send(true);
-        }
+    // Stop every accept loop and close our own handle on each socket: new connections are
+    // refused from now on rather than left waiting in a backlog nobody serves.
+    let running = shared
+        .listeners
+        .lock()
+        .map(|mut m| std::mem::take(&mut *m))
+        .unwrap_or_default();
+    for r in running.values() {
+        let _ = r.stop.send(true);
     }
+    drop(running);
     let _ = shared.drain.send(true);
     if tokio::time::timeout(grace, shared.gate.idle()).await.is_err() {
         tracing::warn!(

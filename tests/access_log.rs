@@ -229,6 +229,8 @@ async fn keep_alive_and_h2_requests_get_a_line_each() {
         .unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
+        // hyper's client contract: wait until the connection can take the next request.
+        sender.ready().await.unwrap();
         let r = within(
             "keep-alive request",
             sender.send_request(

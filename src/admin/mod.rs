@@ -157,7 +157,7 @@ fn backend_status(pool: &Pool, b: &Backend, weight: u32) -> serde_json::Value {
         "queued": b.queued.load(Ordering::Relaxed),
         "idle_connections": b.idle_connections(),
         "ejected_for_seconds": if h.ejected(now) { Some((h.ejected_until() - now) as f64 / 1000.0) } else { None },
-        "slow_start_percent": if ramp < 1.0 { Some((ramp * 100.0).round()) } else { None },
+        "slow_start_percent": if ramp < 1.0 && b.is_up() { Some((ramp * 100.0).round()) } else { None },
         "consecutive_check_passes": h.passes(),
         "consecutive_check_failures": h.failures(),
         "consecutive_request_failures": h.live_failures(),

@@ -815,7 +815,7 @@ fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             Err(e) => o.ctx().problem(at.path, at.line, e),
         }
     }
-    if o.has("host") && hosts.is_empty() && !o.ctx().has_problems() {
+    if o.is_array("host") && o.str_or_list_len("host") == Some(0) {
         o.problem(
             "host",
             "an empty host list matches nothing; omit `host` to match any host",
@@ -903,6 +903,11 @@ fn check_path(o: &Obj, key: &'static str, p: &str) -> bool {
 
 fn parse_host(h: &str) -> Result<HostMatch, String> {
     let lower = h.to_ascii_lowercase();
+    // IPv6 literals match the bracketed form requests carry in Host: "[::1]".
+    let bare = lower.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(IpAddr::V6(v6)) = bare.parse::<IpAddr>() {
+        return Ok(HostMatch::Exact(format!("[{v6}]")));
+    }
     let valid_label = |s: &str| {
         !s.is_empty()
             && s.split('.')

@@ -193,6 +193,11 @@ impl<'c, 's> Obj<'c, 's> {
         self.tbl.get(key).and_then(|i| i.as_str()).map(str::to_string)
     }
 
+    /// The length of the array at `key`, if it is one.
+    pub fn str_or_list_len(&self, key: &str) -> Option<usize> {
+        self.tbl.get(key).and_then(|i| i.as_array()).map(|a| a.len())
+    }
+
     /// Whether `key` holds an array (of tables or values).
     pub fn is_array(&self, key: &str) -> bool {
         matches!(

@@ -37,6 +37,9 @@ pub struct ConnInfo {
     /// The client's IP as a header value, for X-Forwarded-For without formatting per request.
     pub client_ip: HeaderValue,
     pub scheme: &'static str,
+    /// Keeps the client connection counted (open connections, drain) while held: an upgraded
+    /// tunnel holds it past the end of the HTTP exchange.
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ConnInfo {
@@ -47,6 +50,7 @@ impl ConnInfo {
             peer: SocketAddr::new(ip, peer.port()),
             client_ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             scheme,
+            hold: None,
         }
     }
 }
@@ -247,7 +251,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
                 if let Some(l) = log.as_mut() {
                     l.flags |= flags::UPGRADED;
                 }
-                tokio::spawn(tunnel(down, up, lease));
+                let hold = conn.hold.clone();
+                tokio::spawn(async move {
+                    tunnel(down, up, lease).await;
+                    drop(hold);
+                });
                 ProxyBody::Empty
             }
             _ => {

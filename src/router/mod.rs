@@ -271,6 +271,14 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_hosts_match_in_brackets() {
+        let routes = vec![route("v6", &["[::1]"], pre("/"), None)];
+        let r = Router::new(&routes);
+        assert_eq!(name(&routes, &r, Some("[::1]:8080"), "/", Method::GET), Some("v6"));
+        assert_eq!(name(&routes, &r, Some("[::1]"), "/", Method::GET), Some("v6"));
+    }
+
+    #[test]
     fn host_normalization_strips_port_and_dot_and_case() {
         assert_eq!(normalize_host("Example.COM:443"), "example.com");
         assert_eq!(normalize_host("example.com."), "example.com");

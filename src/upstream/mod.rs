@@ -227,7 +227,9 @@ impl Pool {
                 Some((p, i)) => p.members[i].clone(),
                 None => {
                     let nb = Backend::new(&cfg.name, addr);
-                    nb.health.mark_up_since(now);
+                    // A backend joining a running pool ramps up under slow_start; the backends of
+                    // a new pool all start together, so none of them ramps.
+                    nb.health.mark_up_since(if previous.is_some() { now } else { 0 });
                     Arc::new(nb)
                 }
             };
@@ -541,6 +543,7 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Pro
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ProxyError::UpstreamBroken)?;
