@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::Balance;
 
+pub mod hash;
+
 /// Largest smooth round-robin cycle kept; larger weight sums are scaled down to fit.
 const MAX_CYCLE: u64 = 1 << 16;
 

@@ -18,6 +18,8 @@ use crate::admin::metrics;
 use crate::app::Shared;
 use crate::proxy::{self, ConnInfo};
 
+pub mod proxy_protocol;
+
 /// Per-listener counters, shared by every worker's accept loop.
 pub struct ListenerStats {
     pub name: Arc<str>,

@@ -9,6 +9,8 @@ use http::Method;
 
 use crate::config::{HostMatch, PathMatch, RouteConfig};
 
+pub mod geo;
+
 #[derive(Debug, Clone)]
 struct Entry {
     route: usize,

@@ -1,0 +1,1 @@
+//! Consistent hashing with bounded load.

@@ -1,0 +1,3 @@
+//! The response cache (RFC 9111 shared cache).
+
+pub mod rules;

@@ -1,0 +1,1 @@
+//! The PROXY protocol (v1 text and v2 binary) from an L4 balancer.

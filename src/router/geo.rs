@@ -1,0 +1,1 @@
+//! Client region lookup: CIDR table and forwarded-address rules.

@@ -1,0 +1,1 @@
+//! Signed cookies for sticky sessions and read-your-writes (HMAC-SHA256 with the [session] key).
