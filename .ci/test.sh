@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use. Add to this list (space-separated) when a test needs a tool:
 #   prometheus  promtool and the prometheus server (tests/prometheus.rs)
-APT_PACKAGES="prometheus"
+#   systemd     systemd-analyze verify of the unit files (tests/lifecycle.rs)
+APT_PACKAGES="prometheus systemd"
 
 missing=()
 for pkg in $APT_PACKAGES; do

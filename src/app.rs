@@ -21,6 +21,7 @@ use crate::listener::{self, ConnGate, ListenerStats};
 use crate::state::State;
 use crate::upstream;
 use crate::upstream::dns::Watcher;
+use crate::{lifecycle, systemd};
 
 /// Process-wide state that outlives generations.
 pub struct Shared {
@@ -38,6 +39,13 @@ pub struct Shared {
     prober: Prober,
     /// Backend host names: last good answers and their refresh tasks.
     dns: Arc<Watcher>,
+    /// Inherited listening sockets no listener has claimed yet (socket activation).
+    spare: Mutex<Vec<systemd::Inherited>>,
+    /// Our handle on the admin socket, passed on in a binary upgrade.
+    pub(crate) admin_socket: Mutex<Option<std::net::TcpListener>>,
+    /// This binary's path as of start-up, and our arguments: a binary upgrade runs them again.
+    pub(crate) exe: Option<PathBuf>,
+    pub(crate) args: Vec<std::ffi::OsString>,
     /// Unix time (f64 bits) of the last config load that went into service.
     last_success: AtomicU64,
 }
@@ -65,13 +73,15 @@ pub struct LastReload {
 pub struct RunningListener {
     pub stats: Arc<ListenerStats>,
     /// Our own handle on the listening socket (workers hold duplicates).
-    socket: std::net::TcpListener,
+    pub(crate) socket: std::net::TcpListener,
     /// The address as configured (the bound one may differ when the port is 0).
     pub configured: SocketAddr,
     stop: watch::Sender<bool>,
 }
 
 enum WorkerCmd {
+    /// Answer to prove the worker's runtime is turning (the watchdog asks).
+    Ping(tokio::sync::oneshot::Sender<()>),
     Listen {
         socket: std::net::TcpListener,
         stats: Arc<ListenerStats>,
@@ -149,6 +159,14 @@ fn set_log_level(level: &str) {
 /// Run the daemon until SIGTERM/SIGINT, then drain and return.
 pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     init_tracing(&config.log.level);
+    // Before any other thread starts: this reads and clears LISTEN_* from the environment.
+    let upgraded_from = std::env::var(systemd::UPGRADE_PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let inherited = systemd::take_listen_fds();
+    if !inherited.is_empty() {
+        tracing::info!(count = inherited.len(), "serving on inherited listening sockets");
+    }
     metrics::install();
     raise_nofile_limit();
     let workers = match config.server.worker_threads {
@@ -160,10 +178,21 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
-    rt.block_on(control(config, config_path, workers))
+    let origin = Origin {
+        inherited,
+        upgraded_from: upgraded_from.filter(|p| *p == std::os::unix::process::parent_id()),
+    };
+    rt.block_on(control(config, config_path, workers, origin))
 }
 
-async fn control(config: Config, config_path: Option<PathBuf>, workers: usize) -> anyhow::Result<()> {
+/// What the process got from whoever started it.
+struct Origin {
+    inherited: Vec<systemd::Inherited>,
+    /// The pid of the waypost that started this one as its binary upgrade.
+    upgraded_from: Option<u32>,
+}
+
+async fn control(config: Config, config_path: Option<PathBuf>, workers: usize, origin: Origin) -> anyhow::Result<()> {
     let admin_bind = config.admin.bind;
     let max_conns = config.server.max_connections;
     let listener_cfgs = config.listeners.clone();
@@ -197,30 +226,72 @@ async fn control(config: Config, config_path: Option<PathBuf>, workers: usize) -
         last_success: AtomicU64::new(0),
         prober: Prober::default(),
         dns,
+        spare: Mutex::new(origin.inherited),
+        admin_socket: Mutex::new(None),
+        exe: std::env::current_exe().ok(),
+        args: std::env::args_os().skip(1).collect(),
     });
     shared.prober.reconcile(&shared.state.load());
     watch_dns(&shared);
     shared.mark_success(1);
+    lifecycle::spawn_config_watch(&shared);
 
-    let bound = bind_all(&listener_cfgs).map_err(|e| anyhow::anyhow!(e))?;
+    let bound = listener_cfgs
+        .iter()
+        .map(|c| obtain_socket(&shared, c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
     for (cfg, socket) in listener_cfgs.iter().zip(bound) {
         start_listener(&shared, cfg, socket);
     }
-    let admin_socket =
-        listener::bind(admin_bind).with_context(|| format!("cannot bind the admin API on {admin_bind}"))?;
+    let admin_socket = match shared
+        .spare
+        .lock()
+        .ok()
+        .and_then(|mut s| systemd::claim(&mut s, "admin", admin_bind))
+    {
+        Some(s) => s,
+        None => listener::bind(admin_bind).with_context(|| format!("cannot bind the admin API on {admin_bind}"))?,
+    };
+    if let Ok(mut slot) = shared.admin_socket.lock() {
+        *slot = admin_socket.try_clone().ok();
+    }
     let admin_addr = admin_socket.local_addr()?;
     let admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
     tracing::info!(address = %admin_addr, "admin API listening");
     tokio::spawn(admin::serve(admin_listener, shared.clone()));
     tokio::spawn(upkeep());
     shared.ready.store(true, Ordering::Relaxed);
+    let unclaimed = shared.spare.lock().map(|s| s.len()).unwrap_or(0);
+    if unclaimed > 0 {
+        tracing::warn!(
+            count = unclaimed,
+            "inherited sockets that no listener claims (kept for later reloads)"
+        );
+    }
+    systemd::notify(&format!("READY=1\nSTATUS={}", lifecycle::status_line(&shared)));
+    if let Some(parent) = origin.upgraded_from {
+        // The old process drains once this one serves: no listening socket ever went unserved.
+        systemd::notify(&format!("MAINPID={}", std::process::id()));
+        tracing::info!(parent, "binary upgrade complete; asking the previous process to drain");
+        // SAFETY: kill(2) with a pid we were handed by our parent.
+        unsafe {
+            libc::kill(parent as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    lifecycle::spawn_watchdog(&shared);
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
+            _ = usr2.recv() => match lifecycle::upgrade(&shared) {
+                Ok(pid) => tracing::info!(pid, "binary upgrade: started the new process; this one drains when it is ready"),
+                Err(e) => tracing::error!("binary upgrade failed: {e}"),
+            },
             _ = hup.recv() => {
                 let out = reload(&shared).await;
                 if out.ok {
@@ -237,6 +308,18 @@ async fn control(config: Config, config_path: Option<PathBuf>, workers: usize) -
     Ok(())
 }
 
+pub(crate) fn ping_workers(shared: &Shared) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+    shared
+        .workers
+        .iter()
+        .map(|w| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = w.send(WorkerCmd::Ping(tx));
+            rx
+        })
+        .collect()
+}
+
 fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
     upstream::set_worker_id(id);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -249,6 +332,9 @@ fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
     rt.block_on(async move {
         while let Some(cmd) = rx.recv().await {
             match cmd {
+                WorkerCmd::Ping(reply) => {
+                    let _ = reply.send(());
+                }
                 WorkerCmd::Listen {
                     socket,
                     stats,
@@ -262,11 +348,18 @@ fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
     });
 }
 
-/// Bind every listener first, so a failure changes nothing.
-fn bind_all(cfgs: &[ListenerConfig]) -> Result<Vec<std::net::TcpListener>, String> {
-    cfgs.iter()
-        .map(|c| listener::bind(c.bind).map_err(|e| format!("listener {:?}: cannot bind {}: {e}", c.name, c.bind)))
-        .collect()
+/// The socket for a listener: one handed over by the service manager (matched by name, else
+/// address), or a new one.
+fn obtain_socket(shared: &Shared, c: &ListenerConfig) -> Result<std::net::TcpListener, String> {
+    if let Some(s) = shared
+        .spare
+        .lock()
+        .ok()
+        .and_then(|mut spare| systemd::claim(&mut spare, &c.name, c.bind))
+    {
+        return Ok(s);
+    }
+    listener::bind(c.bind).map_err(|e| format!("listener {:?}: cannot bind {}: {e}", c.name, c.bind))
 }
 
 fn start_listener(shared: &Arc<Shared>, cfg: &ListenerConfig, socket: std::net::TcpListener) {
@@ -306,6 +399,22 @@ fn start_listener(shared: &Arc<Shared>, cfg: &ListenerConfig, socket: std::net::
 /// removed listeners. Any failure keeps the running generation untouched.
 pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
     let _guard = shared.reload_lock.lock().await;
+    systemd::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", systemd::monotonic_usec()));
+    let out = reload_locked(shared).await;
+    let status = if out.ok {
+        lifecycle::status_line(shared)
+    } else {
+        format!(
+            "reload failed, generation {} keeps serving: {}",
+            out.generation,
+            out.errors.join("; ")
+        )
+    };
+    systemd::notify(&format!("READY=1\nSTATUS={status}"));
+    out
+}
+
+async fn reload_locked(shared: &Arc<Shared>) -> ReloadOutcome {
     let current = shared.state.load_full();
     let fail = |errors: Vec<String>| {
         for e in &errors {
@@ -367,19 +476,27 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadOutcome {
         .listeners
         .lock()
         .map(|m| {
-            to_remove
-                .iter()
-                .filter_map(|(n, a)| Some((*a, m.get(n)?.socket.try_clone().ok()?)))
-                .collect()
+            // Keyed by the configured and by the bound address (they differ for port 0).
+            let mut by_addr = HashMap::new();
+            for (n, a) in &to_remove {
+                if let Some(r) = m.get(n) {
+                    for addr in [*a, r.stats.bind] {
+                        if let Ok(s) = r.socket.try_clone() {
+                            by_addr.entry(addr).or_insert(s);
+                        }
+                    }
+                }
+            }
+            by_addr
         })
         .unwrap_or_default();
     let mut sockets = Vec::with_capacity(to_add.len());
     for l in &to_add {
         match reusable.remove(&l.bind) {
             Some(s) => sockets.push(s),
-            None => match listener::bind(l.bind) {
+            None => match obtain_socket(shared, l) {
                 Ok(s) => sockets.push(s),
-                Err(e) => return fail(vec![format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind)]),
+                Err(e) => return fail(vec![e]),
             },
         }
     }
@@ -454,6 +571,7 @@ async fn rebuild(shared: &Arc<Shared>) {
 /// Stop accepting, let connections finish their requests up to `grace`, then return.
 async fn shutdown(shared: &Arc<Shared>, grace: Duration) {
     tracing::info!(timeout = ?grace, "shutting down: draining connections");
+    systemd::notify("STOPPING=1\nSTATUS=draining connections");
     shared.ready.store(false, Ordering::Relaxed);
     // Stop every accept loop and close our own handle on each socket: new connections are
     // refused from now on rather than left waiting in a backlog nobody serves.

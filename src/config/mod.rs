@@ -234,7 +234,8 @@ pub fn parse(text: &str, base: Option<&Path>) -> Result<Config, Vec<Problem>> {
     }
 }
 
-fn digest(bytes: &[u8]) -> String {
+/// The digest shown as `config_hash`: tells two files apart (not a security measure).
+pub fn digest(bytes: &[u8]) -> String {
     // FNV-1a, 64 bit: enough to tell two generations' files apart at a glance.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {

@@ -4,8 +4,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ::metrics::Counter;
 use hyper::service::service_fn;
@@ -191,7 +192,10 @@ async fn serve(
     info.hold = Some(open);
     let info = Arc::new(info);
     let svc_shared = shared.clone();
+    let seen_request = Arc::new(AtomicBool::new(false));
+    let seen = seen_request.clone();
     let svc = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
         let info = info.clone();
         let state = svc_shared.state.load_full();
         async move { Ok::<_, Infallible>(proxy::handle(req, &info, state).await) }
@@ -209,7 +213,23 @@ async fn serve(
         _ = drain.wait_for(|d| *d) => {}
         _ = stop.wait_for(|s| *s) => {}
     }
+    // A connection accepted just before the drain may not have sent its first request yet:
+    // closing it now would lose a request the client cannot know to retry. Give it a moment.
+    let fresh_until = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+    while !seen_request.load(Ordering::Relaxed) && tokio::time::Instant::now() < fresh_until {
+        tokio::select! {
+            r = conn.as_mut() => {
+                let _ = r;
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
     // Finish the request in progress, then close; idle keep-alive connections close at once.
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
+
+/// How long a connection that has sent nothing yet may take to send its first request once a
+/// drain begins.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);

@@ -40,20 +40,37 @@ impl Proxy {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_custom(config, move |cmd| {
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Start with a hook on the command before it is spawned (extra fds, environment, or a
+    /// wrapper program); the hook gets the command as set up to run waypost on the config.
+    pub fn start_custom(config: &str, customize: impl FnOnce(&mut Command)) -> Proxy {
+        Self::start_command(config, |path| {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--config").arg(path);
+            customize(&mut cmd);
+            cmd
+        })
+    }
+
+    /// Start from a command the caller builds around the config file's path (a wrapper program,
+    /// inherited descriptors); stdio and the log level are set here.
+    pub fn start_command(config: &str, make: impl FnOnce(&std::path::Path) -> Command) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("waypost.toml");
         std::fs::write(&config_path, config).expect("write config");
         let expected = config.matches("[[listener]]").count();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "waypost=info")
+        let mut cmd = make(&config_path);
+        cmd.env("RUST_LOG", "waypost=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("spawn waypost");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -104,6 +121,17 @@ impl Proxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr(), path)
+    }
+
+    /// The lines logged so far that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
