@@ -1,7 +1,9 @@
 //! The configuration: read a TOML file, check every key and cross-reference, and return either a
 //! `Config` or every problem at once, each with its key path and line.
 
+mod pool;
 mod reader;
+mod route;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -10,8 +12,10 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::health::probe::{parse_status_ranges, HealthCheck};
+use crate::health::probe::HealthCheck;
 use crate::health::Passive;
+use pool::read_pool;
+use route::{check_shadowed_routes, read_route, RouteAt};
 
 pub use reader::{parse_duration, parse_size, At, Problem};
 use reader::{Ctx, Obj};
@@ -362,37 +366,6 @@ fn check_unique<'a>(ctx: &Ctx, names: impl Iterator<Item = (&'a str, &'a At)>, w
     }
 }
 
-/// Two routes with the same host, the same path and overlapping methods: the second could never
-/// be chosen, which is always a mistake worth reporting.
-fn check_shadowed_routes(ctx: &Ctx, routes: &[(RouteConfig, RouteAt)]) {
-    let any_host = [HostMatch::Exact(String::new())];
-    type Seen<'a> = HashMap<(&'a HostMatch, &'a PathMatch), Vec<(usize, Option<&'a Vec<Method>>)>>;
-    let mut seen: Seen = HashMap::new();
-    for (i, (r, at)) in routes.iter().enumerate() {
-        let hosts: &[HostMatch] = if r.hosts.is_empty() { &any_host } else { &r.hosts };
-        for h in hosts {
-            let entry = seen.entry((h, &r.path)).or_default();
-            for (j, m) in entry.iter() {
-                let overlap = match (m, &r.methods) {
-                    (None, _) | (_, None) => true,
-                    (Some(a), Some(b)) => a.iter().any(|x| b.contains(x)),
-                };
-                if overlap {
-                    ctx.problem(
-                        &at.name.path,
-                        at.name.line,
-                        format!(
-                            "route {:?} can never match: route {:?} has the same host, path and methods",
-                            r.name, routes[*j].0.name
-                        ),
-                    );
-                }
-            }
-            entry.push((i, r.methods.as_ref()));
-        }
-    }
-}
-
 fn read_dns(o: Option<Obj>) -> Option<DnsConfig> {
     let mut d = DnsConfig::default();
     let Some(o) = o else { return Some(d) };
@@ -565,7 +538,7 @@ fn read_listener(o: &Obj) -> Option<(ListenerConfig, At)> {
 }
 
 /// Names are metrics labels and log fields: keep them to a plain, unambiguous alphabet.
-fn check_name(o: &Obj, key: &str, name: &str) {
+pub(super) fn check_name(o: &Obj, key: &str, name: &str) {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -579,211 +552,7 @@ fn check_name(o: &Obj, key: &str, name: &str) {
     }
 }
 
-fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
-    let name = o.req_str("name");
-    if let Some(n) = &name {
-        check_name(o, "name", n);
-    }
-    let mut balance = Some(Balance::RoundRobin);
-    if let Some(b) = o.str("balance") {
-        balance = match b.as_str() {
-            "round_robin" => Some(Balance::RoundRobin),
-            "least_request" => Some(Balance::LeastRequest),
-            "random" => Some(Balance::Random),
-            "consistent_hash" => {
-                o.problem(
-                    "balance",
-                    "consistent_hash is not supported yet (arrives with sticky sessions)",
-                );
-                None
-            }
-            other => {
-                o.problem(
-                    "balance",
-                    format!("unknown policy {other:?} (round_robin, least_request, random, consistent_hash)"),
-                );
-                None
-            }
-        };
-    }
-    if !o.has("backends") {
-        o.problem_here("missing required key `backends`");
-    }
-    let backend_objs = o.objs("backends");
-    if o.has("backends") && backend_objs.is_empty() {
-        o.problem("backends", "a pool needs at least one backend");
-    }
-    let mut backends = Vec::new();
-    let mut seen = HashSet::new();
-    for b in &backend_objs {
-        let addr = b.req_str("address").and_then(|a| parse_backend_address(b, &a));
-        let weight = b.uint("weight", 10_000).unwrap_or(1);
-        if b.has("weight") && weight == 0 {
-            b.problem("weight", "must be at least 1 (remove the backend to take it out)");
-        }
-        if let Some(addr) = addr {
-            if !seen.insert(addr.clone()) {
-                b.problem("address", format!("backend {addr} is listed twice in this pool"));
-            }
-            backends.push(BackendConfig {
-                address: addr,
-                weight: weight.max(1) as u32,
-            });
-        }
-    }
-    for b in backend_objs {
-        b.finish();
-    }
-    let connect_timeout = positive_duration(o, "connect_timeout", Duration::from_secs(2));
-    let response_timeout = positive_duration(o, "response_timeout", Duration::from_secs(30));
-    let retries = o.uint("retries", 10).unwrap_or(1) as u32;
-    if o.bool("tls") == Some(true) {
-        o.problem("tls", "not supported yet (upstream TLS arrives with TLS termination)");
-    }
-    o.unsupported("ca_file", "upstream TLS arrives with TLS termination");
-    o.unsupported("datacenter", "geo-routing");
-    for key in ["hash_key", "hash_balance_factor"] {
-        o.unsupported(key, "consistent hashing");
-    }
-    let health = o.obj("health").map(|h| {
-        let hc = read_health(&h);
-        h.finish();
-        hc
-    });
-    let passive = match o.obj("passive") {
-        Some(p) => {
-            let v = read_passive(&p);
-            p.finish();
-            v
-        }
-        None => Some(Passive {
-            consecutive_failures: 5,
-            eject_for: Duration::from_secs(30),
-            max_ejected_percent: 50,
-        }),
-    };
-    let slow_start = o.duration("slow_start").unwrap_or(Duration::ZERO);
-    let panic_threshold = o.uint("panic_threshold", 100).unwrap_or(0) as u32;
-    let max_connections_per_backend = o.uint("max_connections_per_backend", 1_000_000).unwrap_or(0) as u32;
-    let queue_timeout = positive_duration(o, "queue_timeout", Duration::from_secs(1));
-    let queue_size = o.uint("queue_size", 1_000_000).unwrap_or(1024) as u32;
-    if max_connections_per_backend == 0 {
-        for key in ["queue_timeout", "queue_size"] {
-            if o.has(key) {
-                o.problem(key, "only applies with max_connections_per_backend set above 0");
-            }
-        }
-    }
-    Some((
-        PoolConfig {
-            name: name?,
-            balance: balance?,
-            backends,
-            connect_timeout,
-            response_timeout,
-            retries,
-            health,
-            passive,
-            slow_start,
-            panic_threshold,
-            max_connections_per_backend,
-            queue_timeout,
-            queue_size,
-        },
-        o.at(),
-    ))
-}
-
-fn read_health(h: &Obj) -> HealthCheck {
-    let path = h.str("path").unwrap_or_else(|| "/healthz".into());
-    if !path.starts_with('/') {
-        h.problem("path", format!("{path:?} must start with '/'"));
-    }
-    let interval = positive_duration(h, "interval", Duration::from_secs(2));
-    let timeout = positive_duration(h, "timeout", Duration::from_secs(1));
-    let rise = h.uint("rise", 1000).unwrap_or(2) as u32;
-    let fall = h.uint("fall", 1000).unwrap_or(3) as u32;
-    for (key, v) in [("rise", rise), ("fall", fall)] {
-        if v == 0 {
-            h.problem(key, "must be at least 1");
-        }
-    }
-    let expect = match h.str("expect_status") {
-        Some(s) => parse_status_ranges(&s).unwrap_or_else(|e| {
-            h.problem("expect_status", e);
-            vec![(200, 399)]
-        }),
-        None => vec![(200, 399)],
-    };
-    let host = h.str("host");
-    if let Some(hv) = &host {
-        if http::HeaderValue::from_str(hv).is_err() || hv.is_empty() {
-            h.problem("host", format!("{hv:?} is not a valid Host header value"));
-        }
-    }
-    let assume_healthy = h.bool("assume_healthy").unwrap_or(true);
-    h.unsupported("lag_header", "replica lag arrives with the read/write split");
-    HealthCheck {
-        path,
-        host,
-        interval,
-        timeout,
-        rise: rise.max(1),
-        fall: fall.max(1),
-        expect,
-        assume_healthy,
-    }
-}
-
-fn read_passive(p: &Obj) -> Option<Passive> {
-    let consecutive_failures = p.uint("consecutive_failures", 1_000_000).unwrap_or(5) as u32;
-    let eject_for = positive_duration(p, "eject_for", Duration::from_secs(30));
-    let max_ejected_percent = p.uint("max_ejected_percent", 100).unwrap_or(50) as u32;
-    (consecutive_failures > 0).then_some(Passive {
-        consecutive_failures,
-        eject_for,
-        max_ejected_percent,
-    })
-}
-
-fn parse_backend_address(o: &Obj, a: &str) -> Option<BackendAddress> {
-    if let Ok(addr) = a.parse::<SocketAddr>() {
-        if addr.port() == 0 {
-            o.problem("address", format!("backend {a:?} needs a port other than 0"));
-            return None;
-        }
-        return Some(BackendAddress::Ip(addr));
-    }
-    let valid_host = |h: &str| {
-        h.len() <= 253
-            && h.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-    };
-    match a.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && host.parse::<IpAddr>().is_err() && valid_host(host) => {
-            match port.parse::<u16>() {
-                Ok(p) if p != 0 => Some(BackendAddress::Name {
-                    host: host.to_ascii_lowercase(),
-                    port: p,
-                }),
-                _ => {
-                    o.problem("address", format!("backend {a:?} needs a port from 1 to 65535"));
-                    None
-                }
-            }
-        }
-        _ => {
-            o.problem(
-                "address",
-                format!("invalid backend address {a:?}: expected IP:port or host:port, like \"127.0.0.1:9001\" or \"app.internal:8080\""),
-            );
-            None
-        }
-    }
-}
-
-fn positive_duration(o: &Obj, key: &'static str, default: Duration) -> Duration {
+pub(super) fn positive_duration(o: &Obj, key: &'static str, default: Duration) -> Duration {
     match o.duration(key) {
         Some(d) if d.is_zero() => {
             o.problem(key, "must be greater than 0");
@@ -794,134 +563,3 @@ fn positive_duration(o: &Obj, key: &'static str, default: Duration) -> Duration 
     }
 }
 
-struct RouteAt {
-    name: At,
-}
-
-fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
-    let name = o.req_str("name");
-    if let Some(n) = &name {
-        check_name(o, "name", n);
-    }
-    let mut hosts = Vec::new();
-    for (h, at) in o.str_or_list("host").unwrap_or_default() {
-        match parse_host(&h) {
-            Ok(m) => {
-                if hosts.contains(&m) {
-                    o.ctx().problem(at.path, at.line, format!("host {h:?} is listed twice"));
-                } else {
-                    hosts.push(m);
-                }
-            }
-            Err(e) => o.ctx().problem(at.path, at.line, e),
-        }
-    }
-    if o.is_array("host") && o.str_or_list_len("host") == Some(0) {
-        o.problem(
-            "host",
-            "an empty host list matches nothing; omit `host` to match any host",
-        );
-    }
-    let prefix = o.str("path_prefix");
-    let exact = o.str("path");
-    let path = match (prefix, exact) {
-        (Some(_), Some(_)) => {
-            o.problem("path", "use either `path` or `path_prefix`, not both");
-            None
-        }
-        (Some(p), None) => check_path(o, "path_prefix", &p).then_some(PathMatch::Prefix(p)),
-        (None, Some(p)) => check_path(o, "path", &p).then_some(PathMatch::Exact(p)),
-        (None, None) => Some(PathMatch::Prefix("/".into())),
-    };
-    let methods = o.str_list("methods").map(|list| {
-        if list.is_empty() {
-            o.problem(
-                "methods",
-                "an empty method list matches nothing; omit `methods` to match any",
-            );
-        }
-        list.into_iter()
-            .filter_map(|(m, at)| {
-                let valid = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
-                match Method::from_bytes(m.as_bytes()) {
-                    Ok(method) if valid => Some(method),
-                    _ => {
-                        o.ctx().problem(
-                            at.path,
-                            at.line,
-                            format!("invalid method {m:?}: methods are upper-case tokens like \"GET\""),
-                        );
-                        None
-                    }
-                }
-            })
-            .collect()
-    });
-    let strip_prefix = o.bool("strip_prefix").unwrap_or(false);
-    if strip_prefix && !matches!(path, Some(PathMatch::Prefix(_))) && o.has("path") {
-        o.problem(
-            "strip_prefix",
-            "needs `path_prefix` (there is no prefix to strip from an exact `path`)",
-        );
-    }
-    let pool = o.str("pool");
-    if o.has("pools") {
-        o.unsupported("pools", "geo-routing across data-center pools");
-    }
-    o.unsupported("split", "the read/write split");
-    o.unsupported("sticky", "sticky sessions");
-    o.unsupported("cache", "the response cache");
-    if pool.is_none() && !o.has("pools") && !o.has("split") {
-        o.problem_here("missing required key `pool` (the pool this route sends to)");
-    }
-    Some((
-        RouteConfig {
-            name: name?,
-            hosts,
-            path: path?,
-            methods,
-            strip_prefix,
-            pool: pool.unwrap_or_default(),
-        },
-        RouteAt { name: o.at_key("name") },
-    ))
-}
-
-fn check_path(o: &Obj, key: &'static str, p: &str) -> bool {
-    if !p.starts_with('/') {
-        o.problem(key, format!("{p:?} must start with '/'"));
-        return false;
-    }
-    if p.contains(['?', '#']) || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        o.problem(
-            key,
-            format!("{p:?} must be a plain path (no query, fragment, spaces or control characters)"),
-        );
-        return false;
-    }
-    true
-}
-
-fn parse_host(h: &str) -> Result<HostMatch, String> {
-    let lower = h.to_ascii_lowercase();
-    // IPv6 literals match the bracketed form requests carry in Host: "[::1]".
-    let bare = lower.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(IpAddr::V6(v6)) = bare.parse::<IpAddr>() {
-        return Ok(HostMatch::Exact(format!("[{v6}]")));
-    }
-    let valid_label = |s: &str| {
-        !s.is_empty()
-            && s.split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-    };
-    if let Some(rest) = lower.strip_prefix("*.") {
-        if valid_label(rest) {
-            return Ok(HostMatch::Wildcard(format!(".{rest}")));
-        }
-    } else if valid_label(&lower) || lower.parse::<IpAddr>().is_ok() {
-        return Ok(HostMatch::Exact(lower));
-    }
-    Err(format!(
-        "invalid host {h:?}: expected a name like \"example.com\" or a leading wildcard like \"*.example.com\""
-    ))
-}

@@ -1,0 +1,215 @@
+//! `[[pool]]`: backends, balancing, timeouts, health checks and limits.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::reader::{At, Obj};
+use super::{check_name, positive_duration, BackendAddress, BackendConfig, Balance, PoolConfig};
+use crate::health::probe::{parse_status_ranges, HealthCheck};
+use crate::health::Passive;
+
+pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
+    let name = o.req_str("name");
+    if let Some(n) = &name {
+        check_name(o, "name", n);
+    }
+    let mut balance = Some(Balance::RoundRobin);
+    if let Some(b) = o.str("balance") {
+        balance = match b.as_str() {
+            "round_robin" => Some(Balance::RoundRobin),
+            "least_request" => Some(Balance::LeastRequest),
+            "random" => Some(Balance::Random),
+            "consistent_hash" => {
+                o.problem(
+                    "balance",
+                    "consistent_hash is not supported yet (arrives with sticky sessions)",
+                );
+                None
+            }
+            other => {
+                o.problem(
+                    "balance",
+                    format!("unknown policy {other:?} (round_robin, least_request, random, consistent_hash)"),
+                );
+                None
+            }
+        };
+    }
+    if !o.has("backends") {
+        o.problem_here("missing required key `backends`");
+    }
+    let backend_objs = o.objs("backends");
+    if o.has("backends") && backend_objs.is_empty() {
+        o.problem("backends", "a pool needs at least one backend");
+    }
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for b in &backend_objs {
+        let addr = b.req_str("address").and_then(|a| parse_backend_address(b, &a));
+        let weight = b.uint("weight", 10_000).unwrap_or(1);
+        if b.has("weight") && weight == 0 {
+            b.problem("weight", "must be at least 1 (remove the backend to take it out)");
+        }
+        if let Some(addr) = addr {
+            if !seen.insert(addr.clone()) {
+                b.problem("address", format!("backend {addr} is listed twice in this pool"));
+            }
+            backends.push(BackendConfig {
+                address: addr,
+                weight: weight.max(1) as u32,
+            });
+        }
+    }
+    for b in backend_objs {
+        b.finish();
+    }
+    let connect_timeout = positive_duration(o, "connect_timeout", Duration::from_secs(2));
+    let response_timeout = positive_duration(o, "response_timeout", Duration::from_secs(30));
+    let retries = o.uint("retries", 10).unwrap_or(1) as u32;
+    if o.bool("tls") == Some(true) {
+        o.problem("tls", "not supported yet (upstream TLS arrives with TLS termination)");
+    }
+    o.unsupported("ca_file", "upstream TLS arrives with TLS termination");
+    o.unsupported("datacenter", "geo-routing");
+    for key in ["hash_key", "hash_balance_factor"] {
+        o.unsupported(key, "consistent hashing");
+    }
+    let health = o.obj("health").map(|h| {
+        let hc = read_health(&h);
+        h.finish();
+        hc
+    });
+    let passive = match o.obj("passive") {
+        Some(p) => {
+            let v = read_passive(&p);
+            p.finish();
+            v
+        }
+        None => Some(Passive {
+            consecutive_failures: 5,
+            eject_for: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }),
+    };
+    let slow_start = o.duration("slow_start").unwrap_or(Duration::ZERO);
+    let panic_threshold = o.uint("panic_threshold", 100).unwrap_or(0) as u32;
+    let max_connections_per_backend = o.uint("max_connections_per_backend", 1_000_000).unwrap_or(0) as u32;
+    let queue_timeout = positive_duration(o, "queue_timeout", Duration::from_secs(1));
+    let queue_size = o.uint("queue_size", 1_000_000).unwrap_or(1024) as u32;
+    if max_connections_per_backend == 0 {
+        for key in ["queue_timeout", "queue_size"] {
+            if o.has(key) {
+                o.problem(key, "only applies with max_connections_per_backend set above 0");
+            }
+        }
+    }
+    Some((
+        PoolConfig {
+            name: name?,
+            balance: balance?,
+            backends,
+            connect_timeout,
+            response_timeout,
+            retries,
+            health,
+            passive,
+            slow_start,
+            panic_threshold,
+            max_connections_per_backend,
+            queue_timeout,
+            queue_size,
+        },
+        o.at(),
+    ))
+}
+
+fn read_health(h: &Obj) -> HealthCheck {
+    let path = h.str("path").unwrap_or_else(|| "/healthz".into());
+    if !path.starts_with('/') {
+        h.problem("path", format!("{path:?} must start with '/'"));
+    }
+    let interval = positive_duration(h, "interval", Duration::from_secs(2));
+    let timeout = positive_duration(h, "timeout", Duration::from_secs(1));
+    let rise = h.uint("rise", 1000).unwrap_or(2) as u32;
+    let fall = h.uint("fall", 1000).unwrap_or(3) as u32;
+    for (key, v) in [("rise", rise), ("fall", fall)] {
+        if v == 0 {
+            h.problem(key, "must be at least 1");
+        }
+    }
+    let expect = match h.str("expect_status") {
+        Some(s) => parse_status_ranges(&s).unwrap_or_else(|e| {
+            h.problem("expect_status", e);
+            vec![(200, 399)]
+        }),
+        None => vec![(200, 399)],
+    };
+    let host = h.str("host");
+    if let Some(hv) = &host {
+        if http::HeaderValue::from_str(hv).is_err() || hv.is_empty() {
+            h.problem("host", format!("{hv:?} is not a valid Host header value"));
+        }
+    }
+    let assume_healthy = h.bool("assume_healthy").unwrap_or(true);
+    h.unsupported("lag_header", "replica lag arrives with the read/write split");
+    HealthCheck {
+        path,
+        host,
+        interval,
+        timeout,
+        rise: rise.max(1),
+        fall: fall.max(1),
+        expect,
+        assume_healthy,
+    }
+}
+
+fn read_passive(p: &Obj) -> Option<Passive> {
+    let consecutive_failures = p.uint("consecutive_failures", 1_000_000).unwrap_or(5) as u32;
+    let eject_for = positive_duration(p, "eject_for", Duration::from_secs(30));
+    let max_ejected_percent = p.uint("max_ejected_percent", 100).unwrap_or(50) as u32;
+    (consecutive_failures > 0).then_some(Passive {
+        consecutive_failures,
+        eject_for,
+        max_ejected_percent,
+    })
+}
+
+fn parse_backend_address(o: &Obj, a: &str) -> Option<BackendAddress> {
+    if let Ok(addr) = a.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            o.problem("address", format!("backend {a:?} needs a port other than 0"));
+            return None;
+        }
+        return Some(BackendAddress::Ip(addr));
+    }
+    let valid_host = |h: &str| {
+        h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && host.parse::<IpAddr>().is_err() && valid_host(host) => {
+            match port.parse::<u16>() {
+                Ok(p) if p != 0 => Some(BackendAddress::Name {
+                    host: host.to_ascii_lowercase(),
+                    port: p,
+                }),
+                _ => {
+                    o.problem("address", format!("backend {a:?} needs a port from 1 to 65535"));
+                    None
+                }
+            }
+        }
+        _ => {
+            o.problem(
+                "address",
+                format!("invalid backend address {a:?}: expected IP:port or host:port, like \"127.0.0.1:9001\" or \"app.internal:8080\""),
+            );
+            None
+        }
+    }
+}
+
