@@ -23,6 +23,7 @@ fn route(name: String, hosts: Vec<HostMatch>, path: PathMatch, methods: Option<V
         methods,
         strip_prefix: false,
         pool: "p".into(),
+        sticky: None,
     }
 }
 

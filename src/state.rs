@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use crate::accesslog::AccessLog;
-use crate::admin::metrics::RouteMetrics;
-use crate::config::{Config, PathMatch, Problem};
+use crate::admin::metrics::{RouteMetrics, StickyMetrics};
+use crate::config::{Config, PathMatch, Problem, StickyConfig};
 use crate::router::Router;
+use crate::session::SessionKey;
 use crate::upstream::dns::Resolved;
 use crate::upstream::Pool;
 
@@ -17,6 +18,13 @@ pub struct Route {
     /// Bytes of matched prefix removed before forwarding (0: none).
     pub strip: usize,
     pub metrics: RouteMetrics,
+    pub sticky: Option<Sticky>,
+}
+
+/// A route's session affinity, with its metric handles.
+pub struct Sticky {
+    pub cfg: StickyConfig,
+    pub metrics: StickyMetrics,
 }
 
 pub struct State {
@@ -27,6 +35,8 @@ pub struct State {
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<Arc<str>>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Signs sticky and read-your-writes cookies.
+    pub session: SessionKey,
 }
 
 impl State {
@@ -57,8 +67,26 @@ impl State {
                     _ => 0,
                 },
                 metrics: RouteMetrics::new(&rc.name, &listeners),
+                sticky: rc.sticky.clone().map(|cfg| Sticky {
+                    cfg,
+                    metrics: StickyMetrics::new(&rc.name),
+                }),
             })
             .collect();
+        // The configured key; else the previous generation's random one (cookies survive a
+        // reload); else a new random one, with a warning at the first generation.
+        let session = match (&config.session.key, previous) {
+            (Some(k), _) => k.clone(),
+            (None, Some(p)) if p.config.session.key.is_none() => p.session.clone(),
+            (None, prev) => {
+                if prev.is_none() && config.routes.iter().any(|r| r.sticky.is_some()) {
+                    tracing::warn!(
+                        "no [session] secret_file: cookies are signed with a random key, valid for this process only"
+                    );
+                }
+                SessionKey::random()
+            }
+        };
         let access_log =
             AccessLog::reuse_or_open(&config.log, previous.and_then(|p| p.access_log.as_ref())).map_err(|e| {
                 vec![Problem {
@@ -74,6 +102,7 @@ impl State {
             pools,
             listeners,
             access_log,
+            session,
             config: Arc::new(config),
         })
     }

@@ -992,7 +992,6 @@ fn a_toml_syntax_error_is_printed_on_one_line_with_its_line_number() {
 /// text of the line it must point at. (Keys of health checking, which is being built, are not
 /// here; `lag_header` in `[pool.health]` belongs to the read/write split.)
 const LATER_KEYS: &[[&str; 4]] = &[
-    ["top", "[session]\nsecret_file = \"/etc/waypost/session.key\"", "session", "[session]"],
     ["top", "[geo]\ndefault_region = \"eu\"", "geo", "[geo]"],
     ["top", "[geo.regions]\neu = [\"127.0.1.0/24\"]", "geo", "[geo.regions]"],
     ["top", "[[datacenter]]\nname = \"eu-west\"", "datacenter", "[[datacenter]]"],
@@ -1004,16 +1003,12 @@ const LATER_KEYS: &[[&str; 4]] = &[
     ["listener", "proxy_protocol = true", "listener[0].proxy_protocol", "proxy_protocol"],
     ["listener", "redirect_https = 8443", "listener[0].redirect_https", "redirect_https"],
     ["listener", "[listener.tls]\ncertificates = []", "listener[0].tls", "[listener.tls]"],
-    ["pool", "balance = \"consistent_hash\"", "pool[0].balance", "consistent_hash"],
-    ["pool", "hash_key = \"header:x-user-id\"", "pool[0].hash_key", "hash_key"],
-    ["pool", "hash_balance_factor = 1.25", "pool[0].hash_balance_factor", "hash_balance_factor"],
     ["pool", "datacenter = \"eu-west\"", "pool[0].datacenter", "datacenter"],
     ["pool", "tls = true", "pool[0].tls", "tls = true"],
     ["pool", "ca_file = \"/etc/waypost/backend-ca.pem\"", "pool[0].ca_file", "ca_file"],
     ["pool", "[pool.health]\nlag_header = \"x-replica-lag\"", "pool[0].health.lag_header", "lag_header"],
     ["route", "pools = [\"web\"]", "route[0].pools", "pools = "],
     ["route", "[route.cache]\ndefault_ttl = \"0s\"", "route[0].cache", "[route.cache]"],
-    ["route", "[route.sticky]\ncookie = \"waypost_affinity\"", "route[0].sticky", "[route.sticky]"],
     ["route", "[route.split]\nprimary = \"web\"\nreplicas = \"web\"", "route[0].split", "[route.split]"],
 ];
 
@@ -1045,6 +1040,71 @@ fn keys_of_later_capabilities_are_refused_as_not_supported_yet() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn sticky_and_consistent_hash_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("session.key");
+    std::fs::write(&key, [1u8; 48]).unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, [1u8; 8]).unwrap();
+    let good = format!(
+        "[session]\nsecret_file = \"{}\"\n{}",
+        key.display(),
+        config(
+            "",
+            "",
+            "balance = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\nhash_balance_factor = 1.25",
+            "[route.sticky]\ncookie = \"sid\"\nmax_age = \"30m\"\nstrict = true"
+        )
+    );
+    assert_ok(&check(&good));
+    let cases = [
+        (
+            format!(
+                "[session]\nsecret_file = \"{}\"\n{}",
+                short.display(),
+                config("", "", "", "")
+            ),
+            "session.secret_file: the session secret has 8 bytes; at least 32 are needed",
+        ),
+        (config("", "", "balance = \"consistent_hash\"", ""), "needs hash_key"),
+        (
+            config("", "", "balance = \"consistent_hash\"\nhash_key = \"body\"", ""),
+            "pool[0].hash_key: invalid hash_key \"body\"",
+        ),
+        (
+            config("", "", "hash_key = \"client_ip\"", ""),
+            "pool[0].hash_key: only applies with balance = \"consistent_hash\"",
+        ),
+        (
+            config(
+                "",
+                "",
+                "balance = \"consistent_hash\"\nhash_key = \"path\"\nhash_balance_factor = 0.5",
+                "",
+            ),
+            "pool[0].hash_balance_factor: must be at least 1.0",
+        ),
+        (
+            config("", "", "", "[route.sticky]\ncookie = \"bad cookie\""),
+            "route[0].sticky.cookie: invalid cookie name \"bad cookie\"",
+        ),
+        (
+            config("", "", "", "[route.sticky]\nmax_age = \"0s\""),
+            "route[0].sticky.max_age: must be greater than 0",
+        ),
+    ];
+    for (toml, want) in cases {
+        let r = check(&toml);
+        assert_eq!(r.code, Some(1), "{toml}");
+        assert!(
+            r.problems().iter().any(|p| p.contains(want)),
+            "expected {want:?} in:\n{}",
+            r.all()
+        );
+    }
 }
 
 #[test]

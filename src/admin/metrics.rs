@@ -25,6 +25,8 @@ pub const CONNECTIONS_TOTAL: &str = "waypost_connections_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "waypost_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "waypost_config_generation";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "waypost_config_last_reload_success_timestamp_seconds";
+pub const STICKY_REQUESTS_TOTAL: &str = "waypost_sticky_requests_total";
+pub const STICKY_COOKIES_REJECTED_TOTAL: &str = "waypost_sticky_cookies_rejected_total";
 pub const DNS_RESOLUTIONS_TOTAL: &str = "waypost_dns_resolutions_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "waypost_access_log_dropped_total";
 
@@ -237,4 +239,31 @@ pub fn access_log_dropped() {
 pub fn dns_resolution(name: &str, ok: bool) {
     let result = if ok { "success" } else { "failure" };
     counter!(DNS_RESOLUTIONS_TOTAL, "name" => name.to_string(), "result" => result).increment(1);
+}
+
+/// A sticky route's counters.
+#[derive(Debug)]
+pub struct StickyMetrics {
+    pub hit: Counter,
+    pub new: Counter,
+    pub moved: Counter,
+    route: String,
+}
+
+impl StickyMetrics {
+    pub fn new(route: &str) -> StickyMetrics {
+        let c =
+            |result: &'static str| counter!(STICKY_REQUESTS_TOTAL, "route" => route.to_string(), "result" => result);
+        StickyMetrics {
+            hit: c("hit"),
+            new: c("new"),
+            moved: c("moved"),
+            route: route.to_string(),
+        }
+    }
+
+    /// A cookie that was ignored (rare: dynamic labels are fine here).
+    pub fn rejected(&self, reason: &'static str) {
+        counter!(STICKY_COOKIES_REJECTED_TOTAL, "route" => self.route.clone(), "reason" => reason).increment(1);
+    }
 }

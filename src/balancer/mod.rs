@@ -53,7 +53,9 @@ impl Balancer {
             return None;
         }
         let first = match self.policy {
-            Balance::RoundRobin => {
+            // A consistent-hash pool picks by key elsewhere; requests without the key, and
+            // this balancer's share of its work, are round robin.
+            Balance::RoundRobin | Balance::ConsistentHash => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 let len = self.cycle.len();
                 // Walk the cycle from the next slot to the first usable member.

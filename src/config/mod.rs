@@ -29,6 +29,7 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
     pub dns: DnsConfig,
+    pub session: SessionConfig,
     /// Hex digest of the file's bytes, shown in /status to tell generations apart.
     pub hash: String,
 }
@@ -80,6 +81,9 @@ pub enum Balance {
     RoundRobin,
     LeastRequest,
     Random,
+    /// Requests with the pool's hash key go to the key's backend on a hash ring; others are
+    /// spread round robin.
+    ConsistentHash,
 }
 
 impl Balance {
@@ -88,6 +92,7 @@ impl Balance {
             Balance::RoundRobin => "round_robin",
             Balance::LeastRequest => "least_request",
             Balance::Random => "random",
+            Balance::ConsistentHash => "consistent_hash",
         }
     }
 }
@@ -113,6 +118,33 @@ impl std::fmt::Display for BackendAddress {
 pub struct BackendConfig {
     pub address: BackendAddress,
     pub weight: u32,
+}
+
+/// What a consistent-hash pool hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+    Path,
+}
+
+/// `[route.sticky]`: session affinity by a signed cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    pub max_age: Duration,
+    /// While the pinned backend is down: 503 (true) or move the client (false).
+    pub strict: bool,
+}
+
+/// `[session]`: the key that signs cookies.
+#[derive(Debug, Clone, Default)]
+pub struct SessionConfig {
+    pub secret_file: Option<PathBuf>,
+    /// The key read from `secret_file` (never printed); None: a random key per process.
+    pub key: Option<crate::session::SessionKey>,
 }
 
 /// `[dns]`: how backend host names are resolved.
@@ -144,6 +176,9 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
+    /// consistent_hash only.
+    pub hash_key: Option<HashKey>,
+    pub hash_balance_factor: Option<f64>,
     /// Active checks (`[pool.health]`); none: backends are up until passively ejected.
     pub health: Option<HealthCheck>,
     /// Outlier ejection from live traffic; none when `consecutive_failures = 0`.
@@ -180,6 +215,7 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     pub strip_prefix: bool,
     pub pool: String,
+    pub sticky: Option<StickyConfig>,
 }
 
 /// Why loading failed: the file could not be read, or it has these problems.
@@ -262,11 +298,8 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let admin = read_admin(root.obj("admin"), base);
     let log = read_log(root.obj("log"), base);
     let dns = read_dns(root.obj("dns"));
+    let session = read_session(root.obj("session"), base);
     for (key, what) in [
-        (
-            "session",
-            "signed cookies arrive with sticky sessions and read-your-writes",
-        ),
         ("geo", "geo-routing"),
         ("datacenter", "geo-routing"),
         ("cache", "the response cache"),
@@ -349,6 +382,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         pools: pools.into_iter().map(|(p, _)| p).collect(),
         routes: routes.into_iter().map(|(r, _)| r).collect(),
         dns: dns?,
+        session: session?,
         hash: String::new(),
     })
 }
@@ -364,6 +398,23 @@ fn check_unique<'a>(ctx: &Ctx, names: impl Iterator<Item = (&'a str, &'a At)>, w
             );
         }
     }
+}
+
+fn read_session(o: Option<Obj>, base: Option<&Path>) -> Option<SessionConfig> {
+    let Some(o) = o else {
+        return Some(SessionConfig::default());
+    };
+    let mut s = SessionConfig::default();
+    if let Some(f) = o.str("secret_file") {
+        let path = resolve(base, &f);
+        match crate::session::SessionKey::from_file(&path) {
+            Ok(k) => s.key = Some(k),
+            Err(e) => o.problem("secret_file", e.to_string()),
+        }
+        s.secret_file = Some(path);
+    }
+    o.finish();
+    Some(s)
 }
 
 fn read_dns(o: Option<Obj>) -> Option<DnsConfig> {
@@ -562,4 +613,3 @@ pub(super) fn positive_duration(o: &Obj, key: &'static str, default: Duration) -
         None => default,
     }
 }
-

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::reader::{At, Obj};
-use super::{check_name, positive_duration, BackendAddress, BackendConfig, Balance, PoolConfig};
+use super::{check_name, positive_duration, BackendAddress, BackendConfig, Balance, HashKey, PoolConfig};
 use crate::health::probe::{parse_status_ranges, HealthCheck};
 use crate::health::Passive;
 
@@ -20,13 +20,7 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
             "round_robin" => Some(Balance::RoundRobin),
             "least_request" => Some(Balance::LeastRequest),
             "random" => Some(Balance::Random),
-            "consistent_hash" => {
-                o.problem(
-                    "balance",
-                    "consistent_hash is not supported yet (arrives with sticky sessions)",
-                );
-                None
-            }
+            "consistent_hash" => Some(Balance::ConsistentHash),
             other => {
                 o.problem(
                     "balance",
@@ -72,8 +66,32 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
     }
     o.unsupported("ca_file", "upstream TLS arrives with TLS termination");
     o.unsupported("datacenter", "geo-routing");
-    for key in ["hash_key", "hash_balance_factor"] {
-        o.unsupported(key, "consistent hashing");
+    let hash_key = o.str("hash_key").and_then(|k| match parse_hash_key(&k) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            o.problem("hash_key", e);
+            None
+        }
+    });
+    let hash_balance_factor = o.float("hash_balance_factor");
+    if let Some(f) = hash_balance_factor {
+        if f < 1.0 {
+            o.problem(
+                "hash_balance_factor",
+                format!("must be at least 1.0 (1.25 lets a backend take 25% above the mean), found {f}"),
+            );
+        }
+    }
+    if balance == Some(Balance::ConsistentHash) {
+        if !o.has("hash_key") {
+            o.problem_here("balance = \"consistent_hash\" needs hash_key (header:NAME, cookie:NAME, query:NAME, client_ip or path)");
+        }
+    } else {
+        for key in ["hash_key", "hash_balance_factor"] {
+            if o.has(key) {
+                o.problem(key, "only applies with balance = \"consistent_hash\"");
+            }
+        }
     }
     let health = o.obj("health").map(|h| {
         let hc = read_health(&h);
@@ -112,6 +130,8 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
             connect_timeout,
             response_timeout,
             retries,
+            hash_key,
+            hash_balance_factor,
             health,
             passive,
             slow_start,
@@ -213,3 +233,16 @@ fn parse_backend_address(o: &Obj, a: &str) -> Option<BackendAddress> {
     }
 }
 
+fn parse_hash_key(k: &str) -> Result<HashKey, String> {
+    let bad = || format!("invalid hash_key {k:?}: expected header:NAME, cookie:NAME, query:NAME, client_ip or path");
+    match k.split_once(':') {
+        Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| bad()),
+        Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashKey::Cookie(name.trim().to_string())),
+        Some(("query", name)) if !name.trim().is_empty() => Ok(HashKey::Query(name.trim().to_string())),
+        None if k == "client_ip" => Ok(HashKey::ClientIp),
+        None if k == "path" => Ok(HashKey::Path),
+        _ => Err(bad()),
+    }
+}

@@ -269,6 +269,17 @@ impl<'c, 's> Obj<'c, 's> {
         Some(i as u64)
     }
 
+    pub fn float(&self, key: &'static str) -> Option<f64> {
+        let item = self.take(key)?;
+        match item.as_float().or_else(|| item.as_integer().map(|i| i as f64)) {
+            Some(f) if f.is_finite() => Some(f),
+            _ => {
+                self.wrong_type(key, "a number", item);
+                None
+            }
+        }
+    }
+
     pub fn duration(&self, key: &'static str) -> Option<Duration> {
         let s = self.str(key)?;
         match parse_duration(&s) {

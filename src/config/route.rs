@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::Method;
 
 use super::reader::{At, Ctx, Obj};
-use super::{check_name, HostMatch, PathMatch, RouteConfig};
+use super::{check_name, positive_duration, HostMatch, PathMatch, RouteConfig, StickyConfig};
 
 pub(super) struct RouteAt {
     pub(super) name: At,
@@ -83,7 +83,28 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
         o.unsupported("pools", "geo-routing across data-center pools");
     }
     o.unsupported("split", "the read/write split");
-    o.unsupported("sticky", "sticky sessions");
+    let sticky = o.obj("sticky").map(|st| {
+        let cookie = st.str("cookie").unwrap_or_else(|| "waypost_affinity".into());
+        let token = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !token(&cookie) {
+            st.problem(
+                "cookie",
+                format!("invalid cookie name {cookie:?}: use letters, digits and -_.!#$%&'*+^`|~"),
+            );
+        }
+        let max_age = positive_duration(&st, "max_age", std::time::Duration::from_secs(3600));
+        let strict = st.bool("strict").unwrap_or(false);
+        st.finish();
+        StickyConfig {
+            cookie,
+            max_age,
+            strict,
+        }
+    });
     o.unsupported("cache", "the response cache");
     if pool.is_none() && !o.has("pools") && !o.has("split") {
         o.problem_here("missing required key `pool` (the pool this route sends to)");
@@ -96,6 +117,7 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             methods,
             strip_prefix,
             pool: pool.unwrap_or_default(),
+            sticky,
         },
         RouteAt { name: o.at_key("name") },
     ))
@@ -170,4 +192,3 @@ pub(super) fn check_shadowed_routes(ctx: &Ctx, routes: &[(RouteConfig, RouteAt)]
         }
     }
 }
-

@@ -6,6 +6,7 @@
 //! Phases 2, 3 and 7 belong to capabilities still to come; they plug in here, between the
 //! existing steps, without changing the others.
 
+pub mod affinity;
 pub mod body;
 pub mod headers;
 
@@ -28,6 +29,7 @@ use crate::admin::metrics::{self, class_index};
 use crate::error::ProxyError;
 use crate::state::State;
 use crate::upstream::{self, Attempts, Lease, Replay};
+use affinity::Affinity;
 use body::{BoxError, ProxyBody, UpstreamBody};
 
 /// What a connection knows about its client, made once per connection.
@@ -204,7 +206,28 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         l.pool = Some(pool.name.clone());
     }
 
-    // 5 pick + 6 forward
+    // 5 pick: a sticky client's backend, a consistent-hash key, else the policy alone.
+    let sticky = route.sticky.as_ref();
+    let affinity = match sticky {
+        Some(st) => match affinity::sticky(&state, st, &pool, &parts.headers) {
+            Ok(a) => a,
+            Err(affinity::PinnedDown) => {
+                return respond_error(
+                    ProxyError::NoHealthyBackend,
+                    state,
+                    listener,
+                    Some(route_idx),
+                    started,
+                    log,
+                )
+            }
+        },
+        None => Affinity::None,
+    };
+    let key = affinity::key_hash(&pool, &parts.headers, &parts.uri, &conn.client_ip);
+    let hint = affinity::hint(affinity, key);
+
+    // 6 forward
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<OnUpgrade>()
@@ -223,7 +246,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     let upstream_req = Request::from_parts(parts, ProxyBody::Incoming(body));
     let replay = Replay::capture(&upstream_req, &pool);
     let mut notes = Attempts::default();
-    let result = upstream::forward(&pool, upstream_req, replay, &mut notes).await;
+    let result = upstream::forward(&pool, upstream_req, replay, hint, &mut notes).await;
     if let Some(l) = log.as_mut() {
         if notes.retried {
             l.flags |= flags::RETRIED;
@@ -243,6 +266,12 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     // 7 cache store: not built yet.
     // 8 respond
     let (mut rparts, rbody) = resp.into_parts();
+    if let Some(st) = sticky {
+        let served_by = lease.backend().id;
+        if let Some(cookie) = affinity::after_response(&state, st, &pool, affinity, served_by, conn.scheme == "https") {
+            rparts.headers.append(header::SET_COOKIE, cookie);
+        }
+    }
     let switching = upgrade && rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::prepare_response(&mut rparts.headers, switching);
     let body = if switching {

@@ -179,6 +179,7 @@ mod tests {
             methods: methods.map(|m| m.iter().map(|s| Method::from_bytes(s.as_bytes()).unwrap()).collect()),
             strip_prefix: false,
             pool: "p".into(),
+            sticky: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! response timeout, and one safe retry on another backend.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 pub mod budget;
 pub mod dns;
@@ -19,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admin::metrics::{class_index, BackendMetrics, PoolMetrics, ERROR_CLASS};
+use crate::balancer::hash::HashTable;
 use crate::balancer::Balancer;
-use crate::config::{BackendAddress, Balance, PoolConfig};
+use crate::config::{BackendAddress, Balance, HashKey, PoolConfig};
 use crate::error::ProxyError;
 use crate::health::probe::HealthCheck;
 use crate::health::{self, Health, Passive};
@@ -63,6 +65,9 @@ struct Idle {
 /// health and idle connections carry over.
 pub struct Backend {
     pub addr: SocketAddr,
+    /// Stable identity (pool name and address): the hash ring's and sticky cookies' name for
+    /// this backend, the same in every process and generation.
+    pub id: u64,
     /// The address as text: metrics label and log field.
     pub label: Arc<str>,
     pub pool: Arc<str>,
@@ -89,6 +94,7 @@ impl Backend {
         let shards = SHARDS.load(Ordering::Relaxed);
         Backend {
             addr,
+            id: crate::balancer::hash::backend_id(pool, &label),
             metrics: BackendMetrics::new(pool, &label),
             label,
             pool: pool.into(),
@@ -195,6 +201,20 @@ pub struct Pool {
     pub queue_size: usize,
     pub budget: Arc<RetryBudget>,
     pub metrics: PoolMetrics,
+    /// consistent_hash pools: the ring over members, what to hash, the load bound.
+    pub ring: Option<HashTable>,
+    pub hash_key: Option<HashKey>,
+    pub hash_factor: Option<f64>,
+    by_id: HashMap<u64, usize>,
+}
+
+/// What a request asks of the pick, beyond the policy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PickHint {
+    /// A member to try first (a sticky client's backend), if it is available.
+    pub member: Option<usize>,
+    /// The request's key hash, for consistent_hash pools.
+    pub key: Option<u64>,
 }
 
 impl Pool {
@@ -242,7 +262,16 @@ impl Pool {
             slots.push(slot);
         }
         let weights: Vec<u32> = addrs.iter().map(|(_, w)| *w).collect();
+        let ring = (cfg.balance == Balance::ConsistentHash).then(|| {
+            let ids: Vec<(u64, u32)> = members.iter().zip(&weights).map(|(m, w)| (m.id, *w)).collect();
+            HashTable::new(&ids)
+        });
+        let by_id = members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
         Pool {
+            ring,
+            hash_key: cfg.hash_key.clone(),
+            hash_factor: cfg.hash_balance_factor,
+            by_id,
             name: cfg.name.as_str().into(),
             balancer: Balancer::new(cfg.balance, &weights),
             members,
@@ -278,17 +307,41 @@ impl Pool {
 
     /// Pick a member not yet tried. First choice: healthy, with a free slot, and admitted by its
     /// slow-start share; else any healthy one (it will queue for a slot). In panic mode, any.
-    fn pick(&self, tried: &Tried, now: u64) -> Option<usize> {
+    /// The member with this stable id, if it is in the pool.
+    pub fn member_by_id(&self, id: u64) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// A policy pick over `usable` members: the key's place on the ring for consistent_hash
+    /// pools with a key, the balancer otherwise.
+    fn policy_pick(
+        &self,
+        key: Option<u64>,
+        usable: impl Fn(usize) -> bool,
+        load: impl Fn(usize) -> usize,
+    ) -> Option<usize> {
+        match (&self.ring, key) {
+            (Some(ring), Some(k)) => ring.pick(k, usable, load, self.hash_factor),
+            _ => self.balancer.pick(usable, load),
+        }
+    }
+
+    fn pick(&self, tried: &Tried, now: u64, hint: PickHint) -> Option<usize> {
+        if let Some(m) = hint.member {
+            if !tried.contains(m) && self.members[m].health.available(now) {
+                return Some(m);
+            }
+        }
         let load = |i: usize| self.members[i].in_flight();
         if self.in_panic(now) {
             self.metrics.panic.increment(1);
-            return self.balancer.pick(|i| !tried.contains(i), load);
+            return self.policy_pick(hint.key, |i| !tried.contains(i), load);
         }
         let healthy = |i: usize| !tried.contains(i) && self.members[i].health.available(now);
         let limit = self.max_connections;
         let ramping = !self.slow_start.is_zero();
         if limit == 0 && !ramping {
-            return self.balancer.pick(healthy, load);
+            return self.policy_pick(hint.key, healthy, load);
         }
         let preferred = |i: usize| {
             let m = &self.members[i];
@@ -299,9 +352,8 @@ impl Pool {
                     share >= 1.0 || fastrand::f64() < share
                 })
         };
-        self.balancer
-            .pick(preferred, load)
-            .or_else(|| self.balancer.pick(healthy, load))
+        self.policy_pick(hint.key, preferred, load)
+            .or_else(|| self.policy_pick(hint.key, healthy, load))
     }
 
     /// A connection slot on member `i` when the pool limits connections: at once if free, else
@@ -425,6 +477,7 @@ pub async fn forward(
     pool: &Pool,
     mut req: Request<ProxyBody>,
     replay: Option<Replay>,
+    hint: PickHint,
     notes: &mut Attempts,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let now = health::now_ms();
@@ -433,7 +486,7 @@ pub async fn forward(
     let mut last_err = None;
     let mut _retry_permit = None;
     loop {
-        let Some(idx) = pool.pick(&tried, now) else {
+        let Some(idx) = pool.pick(&tried, now, hint) else {
             return Err(match last_err {
                 Some(e) => e,
                 None => {
