@@ -24,6 +24,7 @@ fn route(name: String, hosts: Vec<HostMatch>, path: PathMatch, methods: Option<V
         strip_prefix: false,
         pool: "p".into(),
         sticky: None,
+        split: None,
     }
 }
 

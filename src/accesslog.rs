@@ -40,6 +40,8 @@ pub struct Record {
     pub backend: Option<Arc<str>>,
     pub flags: u16,
     pub error: Option<&'static str>,
+    /// For split routes: primary or replica.
+    pub target: Option<&'static str>,
     pub user_agent: Option<HeaderValue>,
     pub referer: Option<HeaderValue>,
 }
@@ -160,6 +162,9 @@ pub fn json_line(s: &mut String, r: &Record) {
     json_opt(s, r.pool.as_deref());
     s.push_str(",\"backend\":");
     json_opt(s, r.backend.as_deref());
+    if let Some(t) = r.target {
+        let _ = write!(s, ",\"target\":\"{t}\"");
+    }
     s.push_str(",\"flags\":[");
     let mut first = true;
     for (bit, name) in flags::NAMES {
@@ -295,6 +300,7 @@ mod tests {
             backend: Some("127.0.0.1:9001".into()),
             flags: flags::RETRIED,
             error: None,
+            target: None,
             user_agent: Some(HeaderValue::from_static("curl/8")),
             referer: None,
         }

@@ -11,6 +11,8 @@ pub enum ProxyError {
     NoHealthyBackend,
     #[error("every backend of the pool is at its connection limit and the wait timed out")]
     QueueTimeout,
+    #[error("no healthy primary for a write")]
+    PrimaryUnavailable,
     #[error("backend connection failed: {0}")]
     UpstreamConnect(std::io::Error),
     #[error("backend connection timed out")]
@@ -35,7 +37,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::QueueTimeout | ProxyError::PrimaryUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
@@ -50,6 +54,9 @@ impl ProxyError {
             ProxyError::NoRoute => "404 no route for this host and path\n",
             ProxyError::NoHealthyBackend => "503 no healthy backend available, retry later\n",
             ProxyError::QueueTimeout => "503 all backends busy, retry later\n",
+            ProxyError::PrimaryUnavailable => {
+                "503 primary unavailable: writes are refused until it recovers, retry later\n"
+            }
             ProxyError::UpstreamConnect(_) => "502 backend unreachable\n",
             ProxyError::UpstreamConnectTimeout => "504 backend connection timed out\n",
             ProxyError::UpstreamBroken(_) => "502 backend closed the connection or sent a broken response\n",
@@ -62,6 +69,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute | ProxyError::BadRequest(_) => Blame::Client,
             ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => Blame::Proxy,
+            ProxyError::PrimaryUnavailable => Blame::Upstream,
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamBroken(_)
@@ -76,6 +84,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend
             | ProxyError::QueueTimeout
+            | ProxyError::PrimaryUnavailable
             | ProxyError::UpstreamBroken(_)
             | ProxyError::UpstreamTimeout
             | ProxyError::BadRequest(_) => false,
@@ -92,6 +101,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend
             | ProxyError::QueueTimeout
+            | ProxyError::PrimaryUnavailable
             | ProxyError::UpstreamTimeout
             | ProxyError::BadRequest(_) => false,
         }
@@ -103,6 +113,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::PrimaryUnavailable => "primary_unavailable",
             ProxyError::UpstreamConnect(_) => "upstream_connect_error",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamBroken(_) => "upstream_broken",
@@ -126,6 +137,7 @@ mod tests {
             (ProxyError::NoRoute, 404),
             (ProxyError::NoHealthyBackend, 503),
             (ProxyError::QueueTimeout, 503),
+            (ProxyError::PrimaryUnavailable, 503),
             (ProxyError::UpstreamConnect(io()), 502),
             (ProxyError::UpstreamConnectTimeout, 504),
             (ProxyError::UpstreamTimeout, 504),

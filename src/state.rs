@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::accesslog::AccessLog;
 use crate::admin::metrics::{RouteMetrics, StickyMetrics};
-use crate::config::{Config, PathMatch, Problem, StickyConfig};
+use crate::config::{Config, PathMatch, Problem, SplitConfig, StickyConfig};
 use crate::router::Router;
 use crate::session::SessionKey;
 use crate::upstream::dns::Resolved;
@@ -19,6 +19,16 @@ pub struct Route {
     pub strip: usize,
     pub metrics: RouteMetrics,
     pub sticky: Option<Sticky>,
+    pub split: Option<Split>,
+}
+
+/// A database-bound route's split: pool indexes, settings and metric handles.
+pub struct Split {
+    pub primary: usize,
+    pub replicas: usize,
+    pub cfg: SplitConfig,
+    pub to_primary: metrics::Counter,
+    pub to_replica: metrics::Counter,
 }
 
 /// A route's session affinity, with its metric handles.
@@ -67,6 +77,13 @@ impl State {
                     _ => 0,
                 },
                 metrics: RouteMetrics::new(&rc.name, &listeners),
+                split: rc.split.clone().map(|cfg| Split {
+                    primary: pools.iter().position(|p| *p.name == *cfg.primary).unwrap_or(0),
+                    replicas: pools.iter().position(|p| *p.name == *cfg.replicas).unwrap_or(0),
+                    to_primary: crate::admin::metrics::split_counter(&rc.name, "primary"),
+                    to_replica: crate::admin::metrics::split_counter(&rc.name, "replica"),
+                    cfg,
+                }),
                 sticky: rc.sticky.clone().map(|cfg| Sticky {
                     cfg,
                     metrics: StickyMetrics::new(&rc.name),

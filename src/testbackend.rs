@@ -47,6 +47,8 @@ struct Inner {
     name: String,
     hits: AtomicU64,
     mode: Mutex<Mode>,
+    /// Added to every response (health checks included): e.g. a replica's lag or role.
+    headers: Mutex<Vec<(http::HeaderName, HeaderValue)>>,
 }
 
 pub struct TestBackend {
@@ -74,6 +76,7 @@ impl TestBackend {
             name: name.to_string(),
             hits: AtomicU64::new(0),
             mode: Mutex::new(Mode::Normal),
+            headers: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept(listener, inner.clone()));
         Ok(TestBackend { addr, inner, task })
@@ -91,6 +94,15 @@ impl TestBackend {
     pub fn set_mode(&self, mode: Mode) {
         if let Ok(mut m) = self.inner.mode.lock() {
             *m = mode;
+        }
+    }
+
+    /// Add `name: value` to every response from now on (replacing an earlier value).
+    pub fn set_header(&self, name: &'static str, value: &str) {
+        if let (Ok(mut h), Ok(v)) = (self.inner.headers.lock(), HeaderValue::from_str(value)) {
+            let name = http::HeaderName::from_static(name);
+            h.retain(|(n, _)| *n != name);
+            h.push((name, v));
         }
     }
 
@@ -129,7 +141,17 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
 }
 
-async fn handle(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Response<Body>, BoxError> {
+async fn handle(req: Request<Incoming>, inner: Arc<Inner>) -> Result<Response<Body>, BoxError> {
+    let mut r = respond(req, inner.clone()).await?;
+    if let Ok(extra) = inner.headers.lock() {
+        for (n, v) in extra.iter() {
+            r.headers_mut().insert(n.clone(), v.clone());
+        }
+    }
+    Ok(r)
+}
+
+async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Response<Body>, BoxError> {
     inner.hits.fetch_add(1, Ordering::Relaxed);
     let mode = inner.mode.lock().map(|m| m.clone()).unwrap_or(Mode::Normal);
     match mode {

@@ -1006,10 +1006,8 @@ const LATER_KEYS: &[[&str; 4]] = &[
     ["pool", "datacenter = \"eu-west\"", "pool[0].datacenter", "datacenter"],
     ["pool", "tls = true", "pool[0].tls", "tls = true"],
     ["pool", "ca_file = \"/etc/waypost/backend-ca.pem\"", "pool[0].ca_file", "ca_file"],
-    ["pool", "[pool.health]\nlag_header = \"x-replica-lag\"", "pool[0].health.lag_header", "lag_header"],
     ["route", "pools = [\"web\"]", "route[0].pools", "pools = "],
     ["route", "[route.cache]\ndefault_ttl = \"0s\"", "route[0].cache", "[route.cache]"],
-    ["route", "[route.split]\nprimary = \"web\"\nreplicas = \"web\"", "route[0].split", "[route.split]"],
 ];
 
 #[test]
@@ -1105,6 +1103,46 @@ fn sticky_and_consistent_hash_keys_are_validated() {
             r.all()
         );
     }
+}
+
+#[test]
+fn split_routes_are_validated() {
+    let good = config(
+        "",
+        "",
+        "[pool.health]\nlag_header = \"x-replica-lag\"\nrole_header = \"x-role\"",
+        "",
+    )
+    .replace(
+        "pool = \"web\"",
+        "[route.split]\nprimary = \"web\"\nreplicas = \"web\"\nread_your_writes = \"5s\"",
+    );
+    assert_ok(&check(&good));
+    let dangling = config("", "", "", "").replace(
+        "pool = \"web\"",
+        "[route.split]\nprimary = \"web\"\nreplicas = \"web-replicas\"",
+    );
+    let r = check(&dangling);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.starts_with("route[0].split.replicas: unknown pool \"web-replicas\"")),
+        "{}",
+        r.all()
+    );
+    let both = config("", "", "", "[route.split]\nprimary = \"web\"\nreplicas = \"web\"");
+    let r = check(&both);
+    assert!(r.problems().iter().any(|p| p.contains("not both")), "{}", r.all());
+    let missing = config("", "", "", "").replace("pool = \"web\"", "[route.split]\nprimary = \"web\"");
+    let r = check(&missing);
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.contains("missing required key `replicas`")),
+        "{}",
+        r.all()
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub const CONFIG_GENERATION: &str = "waypost_config_generation";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "waypost_config_last_reload_success_timestamp_seconds";
 pub const STICKY_REQUESTS_TOTAL: &str = "waypost_sticky_requests_total";
 pub const STICKY_COOKIES_REJECTED_TOTAL: &str = "waypost_sticky_cookies_rejected_total";
+pub const SPLIT_REQUESTS_TOTAL: &str = "waypost_split_requests_total";
+pub const REPLICA_LAG_SECONDS: &str = "waypost_replica_lag_seconds";
 pub const DNS_RESOLUTIONS_TOTAL: &str = "waypost_dns_resolutions_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "waypost_access_log_dropped_total";
 
@@ -125,6 +127,24 @@ fn describe() {
     describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,
         "Access log lines dropped because the writer fell behind."
+    );
+    describe_counter!(
+        DNS_RESOLUTIONS_TOTAL,
+        "Resolutions of backend host names, by name and result (success or failure)."
+    );
+    describe_counter!(STICKY_REQUESTS_TOTAL, "Requests on sticky routes, by result: hit (the pinned backend), new (no valid cookie), moved (the pinned backend was unavailable).");
+    describe_counter!(
+        STICKY_COOKIES_REJECTED_TOTAL,
+        "Sticky cookies ignored, by reason (malformed, bad_signature, expired, wrong_purpose)."
+    );
+    describe_counter!(
+        SPLIT_REQUESTS_TOTAL,
+        "Requests on split routes, by target (primary or replica)."
+    );
+    describe_gauge!(
+        REPLICA_LAG_SECONDS,
+        Unit::Seconds,
+        "Replication lag the backend's health probe last reported (lag_header)."
     );
 }
 
@@ -266,4 +286,12 @@ impl StickyMetrics {
     pub fn rejected(&self, reason: &'static str) {
         counter!(STICKY_COOKIES_REJECTED_TOTAL, "route" => self.route.clone(), "reason" => reason).increment(1);
     }
+}
+
+pub fn split_counter(route: &str, target: &'static str) -> Counter {
+    counter!(SPLIT_REQUESTS_TOTAL, "route" => route.to_string(), "target" => target)
+}
+
+pub fn set_replica_lag(pool: &str, backend: &str, seconds: f64) {
+    gauge!(REPLICA_LAG_SECONDS, "pool" => pool.to_string(), "backend" => backend.to_string()).set(seconds);
 }

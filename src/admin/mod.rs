@@ -125,6 +125,9 @@ fn refresh_gauges(shared: &Shared) {
     for pool in &state.pools {
         for b in &pool.members {
             metrics::set_backend(&pool.name, &b.label, b.is_up(), b.in_flight());
+            if let Some(lag) = b.health.lag() {
+                metrics::set_replica_lag(&pool.name, &b.label, lag.as_secs_f64());
+            }
         }
     }
     if let Ok(map) = shared.listeners.lock() {
@@ -158,6 +161,8 @@ fn backend_status(pool: &Pool, b: &Backend, weight: u32) -> serde_json::Value {
         "idle_connections": b.idle_connections(),
         "ejected_for_seconds": if h.ejected(now) { Some((h.ejected_until() - now) as f64 / 1000.0) } else { None },
         "slow_start_percent": if ramp < 1.0 && b.is_up() { Some((ramp * 100.0).round()) } else { None },
+        "lag_seconds": h.lag().map(|l| l.as_secs_f64()),
+        "reports_primary": h.primary_role(),
         "consecutive_check_passes": h.passes(),
         "consecutive_check_failures": h.failures(),
         "consecutive_request_failures": h.live_failures(),

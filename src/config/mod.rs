@@ -214,8 +214,22 @@ pub struct RouteConfig {
     pub path: PathMatch,
     pub methods: Option<Vec<Method>>,
     pub strip_prefix: bool,
+    /// The pool, or with `split`, the primary pool.
     pub pool: String,
     pub sticky: Option<StickyConfig>,
+    pub split: Option<SplitConfig>,
+}
+
+/// `[route.split]`: writes to the primary pool, reads to the replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitConfig {
+    pub primary: String,
+    pub replicas: String,
+    pub read_methods: Vec<Method>,
+    /// After a write, that client's reads go to the primary this long (0: off).
+    pub read_your_writes: Duration,
+    pub max_replica_lag: Duration,
+    pub force_primary_header: Option<http::HeaderName>,
 }
 
 /// Why loading failed: the file could not be read, or it has these problems.
@@ -337,6 +351,13 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     check_unique(ctx, route_names.iter().map(|(n, a)| (n.as_str(), a)), "route");
     let pool_names: HashSet<&str> = pool_names_at.iter().map(|(n, _)| n.as_str()).collect();
     for o in &route_objs {
+        for key in ["primary", "replicas"] {
+            if let Some((p, at)) = o.peek_sub_str("split", key) {
+                if !pool_names.contains(p.as_str()) {
+                    ctx.problem(at.path, at.line, format!("unknown pool {p:?}"));
+                }
+            }
+        }
         if let Some(p) = o.peek_str("pool") {
             if !pool_names.contains(p.as_str()) {
                 o.problem("pool", format!("unknown pool {p:?}"));

@@ -172,7 +172,18 @@ fn read_health(h: &Obj) -> HealthCheck {
         }
     }
     let assume_healthy = h.bool("assume_healthy").unwrap_or(true);
-    h.unsupported("lag_header", "replica lag arrives with the read/write split");
+    let header = |key: &'static str| {
+        h.str(key)
+            .and_then(|v| match http::HeaderName::from_bytes(v.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    h.problem(key, format!("{v:?} is not a valid header name"));
+                    None
+                }
+            })
+    };
+    let lag_header = header("lag_header");
+    let role_header = header("role_header");
     HealthCheck {
         path,
         host,
@@ -182,6 +193,8 @@ fn read_health(h: &Obj) -> HealthCheck {
         fall: fall.max(1),
         expect,
         assume_healthy,
+        lag_header,
+        role_header,
     }
 }
 

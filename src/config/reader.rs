@@ -206,6 +206,22 @@ impl<'c, 's> Obj<'c, 's> {
         )
     }
 
+    /// A string inside a sub-table (`[route.split] primary`), without marking anything, with
+    /// its place: for cross-references.
+    pub fn peek_sub_str(&self, table: &str, key: &str) -> Option<(String, At)> {
+        let t = self.tbl.get(table)?.as_table_like()?;
+        let (k, v) = t.get_key_value(key)?;
+        let s = v.as_str()?.to_string();
+        let line = self.ctx.line_of(k.span()).max(self.ctx.line_of(item_span(v)));
+        Some((
+            s,
+            At {
+                path: format!("{}.{}", self.key_path(table), key),
+                line,
+            },
+        ))
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.tbl.get(key).is_some()
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::Method;
 
 use super::reader::{At, Ctx, Obj};
-use super::{check_name, positive_duration, HostMatch, PathMatch, RouteConfig, StickyConfig};
+use super::{check_name, positive_duration, HostMatch, PathMatch, RouteConfig, SplitConfig, StickyConfig};
 
 pub(super) struct RouteAt {
     pub(super) name: At,
@@ -82,7 +82,52 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
     if o.has("pools") {
         o.unsupported("pools", "geo-routing across data-center pools");
     }
-    o.unsupported("split", "the read/write split");
+    let split = o.obj("split").and_then(|sp| {
+        let primary = sp.req_str("primary");
+        let replicas = sp.req_str("replicas");
+        let read_methods = match sp.str_list("read_methods") {
+            Some(list) => list
+                .into_iter()
+                .filter_map(|(m, at)| match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => Some(method),
+                    _ => {
+                        sp.ctx().problem(at.path, at.line, format!("invalid method {m:?}"));
+                        None
+                    }
+                })
+                .collect(),
+            None => vec![Method::GET, Method::HEAD, Method::OPTIONS],
+        };
+        let read_your_writes = sp
+            .duration("read_your_writes")
+            .unwrap_or(std::time::Duration::from_secs(5));
+        let max_replica_lag = sp
+            .duration("max_replica_lag")
+            .unwrap_or(std::time::Duration::from_secs(2));
+        let force_primary_header = match sp.str("force_primary_header") {
+            Some(v) if v.is_empty() => None,
+            Some(v) => match http::HeaderName::from_bytes(v.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    sp.problem("force_primary_header", format!("{v:?} is not a valid header name"));
+                    None
+                }
+            },
+            None => Some(http::HeaderName::from_static("x-read-primary")),
+        };
+        sp.finish();
+        Some(SplitConfig {
+            primary: primary?,
+            replicas: replicas?,
+            read_methods,
+            read_your_writes,
+            max_replica_lag,
+            force_primary_header,
+        })
+    });
+    if split.is_some() && pool.is_some() {
+        o.problem("split", "a route sends to one of `pool` or `[route.split]`, not both");
+    }
     let sticky = o.obj("sticky").map(|st| {
         let cookie = st.str("cookie").unwrap_or_else(|| "waypost_affinity".into());
         let token = |c: &str| {
@@ -116,8 +161,11 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             path: path?,
             methods,
             strip_prefix,
-            pool: pool.unwrap_or_default(),
+            pool: pool
+                .or_else(|| split.as_ref().map(|s| s.primary.clone()))
+                .unwrap_or_default(),
             sticky,
+            split,
         },
         RouteAt { name: o.at_key("name") },
     ))

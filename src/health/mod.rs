@@ -55,6 +55,10 @@ pub struct Health {
     /// The last probe's status code; 0 for a connection failure or timeout.
     pub last_check_status: AtomicU32,
     pub last_check_ok: AtomicBool,
+    /// Replication lag in milliseconds from the last probe; u64::MAX: unknown.
+    lag_ms: AtomicU64,
+    /// The last probe said this backend is a primary (a promoted replica).
+    primary_role: AtomicBool,
 }
 
 impl Default for Health {
@@ -71,6 +75,8 @@ impl Default for Health {
             last_check_ms: AtomicU64::new(0),
             last_check_status: AtomicU32::new(0),
             last_check_ok: AtomicBool::new(false),
+            lag_ms: AtomicU64::new(u64::MAX),
+            primary_role: AtomicBool::new(false),
         }
     }
 }
@@ -108,6 +114,30 @@ pub enum Flip {
 }
 
 impl Health {
+    /// Record the lag a probe reported (None: missing or unreadable).
+    pub fn set_lag(&self, seconds: Option<f64>) {
+        let ms = seconds
+            .map(|s| (s * 1000.0).min(u64::MAX as f64 / 2.0) as u64)
+            .unwrap_or(u64::MAX);
+        self.lag_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Replication lag as last reported, if known.
+    pub fn lag(&self) -> Option<Duration> {
+        match self.lag_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn set_primary_role(&self, primary: bool) {
+        self.primary_role.store(primary, Ordering::Relaxed);
+    }
+
+    pub fn primary_role(&self) -> bool {
+        self.primary_role.load(Ordering::Relaxed)
+    }
+
     pub fn checked(&self) -> Checked {
         Checked::from_u8(self.checked.load(Ordering::Relaxed))
     }

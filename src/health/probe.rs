@@ -30,6 +30,10 @@ pub struct HealthCheck {
     pub expect: Vec<(u16, u16)>,
     /// Whether a backend not yet decided by checks takes traffic.
     pub assume_healthy: bool,
+    /// Read replication lag (seconds, decimal) from this response header of the probe.
+    pub lag_header: Option<http::HeaderName>,
+    /// Read the backend's role from this header: "primary" marks a promoted replica.
+    pub role_header: Option<http::HeaderName>,
 }
 
 impl HealthCheck {
@@ -84,6 +88,24 @@ async fn probe_once(backend: &Backend, cfg: &HealthCheck, conn: &mut Option<Send
             .insert(header::USER_AGENT, HeaderValue::from_static("waypost-health-check"));
         let resp = sender.send_request(req).await.ok()?;
         let status = resp.status().as_u16();
+        if let Some(name) = &cfg.lag_header {
+            // Missing or unreadable lag counts as too much: a replica that cannot say how far
+            // behind it is must not serve reads that expect fresh data.
+            let lag = resp
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0);
+            backend.health.set_lag(lag);
+        }
+        if let Some(name) = &cfg.role_header {
+            let primary = resp
+                .headers()
+                .get(name)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"primary"));
+            backend.health.set_primary_role(primary);
+        }
         // Read the (small) body so the connection can serve the next probe.
         let body_ok = resp.into_body().collect().await.is_ok();
         if body_ok {
@@ -184,6 +206,8 @@ mod tests {
             fall: 1,
             expect: r,
             assume_healthy: true,
+            lag_header: None,
+            role_header: None,
         };
         assert!(hc.passes(204) && hc.passes(404));
         assert!(!hc.passes(301) && !hc.passes(500));

@@ -89,6 +89,7 @@ pub fn hint(affinity: Affinity, key: Option<u64>) -> PickHint {
             _ => None,
         },
         key,
+        ..PickHint::default()
     }
 }
 

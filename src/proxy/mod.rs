@@ -9,6 +9,7 @@
 pub mod affinity;
 pub mod body;
 pub mod headers;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -176,6 +177,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
             backend: None,
             flags: 0,
             error: None,
+            target: None,
             user_agent: sink
                 .wants_agent()
                 .then(|| parts.headers.get(header::USER_AGENT).cloned())
@@ -199,8 +201,35 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     };
     let route = &state.routes[route_idx];
     // 2 region, 3 cache lookup: not built yet.
-    // 4 target
-    let pool = state.pools[route.pool].clone();
+    // 4 target: the route's pool, or for a split route the primary or the replicas.
+    let split_target = route.split.as_ref().map(|sp| {
+        let t = split::decide(&state, sp, &parts.method, &parts.headers);
+        if t == split::Target::Replicas {
+            sp.to_replica.increment(1);
+        } else {
+            sp.to_primary.increment(1);
+        }
+        (sp, t)
+    });
+    if let Some(l) = log.as_mut() {
+        l.target = split_target.map(|(_, t)| t.label());
+    }
+    let pool = match split_target {
+        None => state.pools[route.pool].clone(),
+        Some((sp, split::Target::Primary)) => state.pools[sp.primary].clone(),
+        Some((sp, _)) => state.pools[sp.replicas].clone(),
+    };
+    if let Some((_, split::Target::PrimaryDown)) = split_target {
+        return respond_error(
+            ProxyError::PrimaryUnavailable,
+            state,
+            listener,
+            Some(route_idx),
+            started,
+            log,
+        );
+    }
+    let method = split_target.map(|_| parts.method.clone());
     if let Some(l) = log.as_mut() {
         l.route = Some(route.name.clone());
         l.pool = Some(pool.name.clone());
@@ -225,7 +254,15 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         None => Affinity::None,
     };
     let key = affinity::key_hash(&pool, &parts.headers, &parts.uri, &conn.client_ip);
-    let hint = affinity::hint(affinity, key);
+    let mut hint = affinity::hint(affinity, key);
+    match split_target {
+        Some((sp, split::Target::Replicas)) => hint.max_lag = Some(sp.cfg.max_replica_lag),
+        Some((_, split::Target::Promoted(i))) => {
+            hint.member = Some(i);
+            hint.only_member = true;
+        }
+        _ => {}
+    }
 
     // 6 forward
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
@@ -269,6 +306,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     if let Some(st) = sticky {
         let served_by = lease.backend().id;
         if let Some(cookie) = affinity::after_response(&state, st, &pool, affinity, served_by, conn.scheme == "https") {
+            rparts.headers.append(header::SET_COOKIE, cookie);
+        }
+    }
+    if let (Some((sp, _)), Some(m)) = (split_target, method.as_ref()) {
+        if let Some(cookie) = split::after_write(&state, sp, m, rparts.status.as_u16(), conn.scheme == "https") {
             rparts.headers.append(header::SET_COOKIE, cookie);
         }
     }

@@ -180,6 +180,7 @@ mod tests {
             strip_prefix: false,
             pool: "p".into(),
             sticky: None,
+            split: None,
         }
     }
 

@@ -215,6 +215,11 @@ pub struct PickHint {
     pub member: Option<usize>,
     /// The request's key hash, for consistent_hash pools.
     pub key: Option<u64>,
+    /// Skip backends whose reported replication lag is unknown or above this.
+    pub max_lag: Option<Duration>,
+    /// Only `member` may take the request (a write to a promoted replica): no other backend,
+    /// not even on retry.
+    pub only_member: bool,
 }
 
 impl Pool {
@@ -326,11 +331,45 @@ impl Pool {
         }
     }
 
+    /// Whether any backend is available now.
+    pub fn has_available(&self, now: u64) -> bool {
+        self.members.iter().any(|m| m.health.available(now))
+    }
+
+    fn lag_ok(&self, i: usize, max_lag: Option<Duration>) -> bool {
+        match max_lag {
+            None => true,
+            Some(max) => self.members[i].health.lag().is_some_and(|l| l <= max),
+        }
+    }
+
+    /// Whether some backend is available and within `max_lag` (a replica that can serve reads).
+    pub fn can_read(&self, now: u64, max_lag: Duration) -> bool {
+        (0..self.members.len()).any(|i| self.members[i].health.available(now) && self.lag_ok(i, Some(max_lag)))
+    }
+
+    /// An available backend whose probe reports it is a primary (a promoted replica).
+    pub fn promoted(&self, now: u64) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.health.available(now) && m.health.primary_role())
+    }
+
     fn pick(&self, tried: &Tried, now: u64, hint: PickHint) -> Option<usize> {
         if let Some(m) = hint.member {
             if !tried.contains(m) && self.members[m].health.available(now) {
                 return Some(m);
             }
+            if hint.only_member {
+                return None;
+            }
+        }
+        if hint.max_lag.is_some() {
+            // Lagging replicas take no reads; with none left the caller chose another pool.
+            let load = |i: usize| self.members[i].in_flight();
+            let usable =
+                |i: usize| !tried.contains(i) && self.members[i].health.available(now) && self.lag_ok(i, hint.max_lag);
+            return self.policy_pick(hint.key, usable, load);
         }
         let load = |i: usize| self.members[i].in_flight();
         if self.in_panic(now) {
