@@ -25,6 +25,7 @@ fn route(name: String, hosts: Vec<HostMatch>, path: PathMatch, methods: Option<V
         pool: "p".into(),
         sticky: None,
         split: None,
+        pools: vec![],
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Record {
     pub error: Option<&'static str>,
     /// For split routes: primary or replica.
     pub target: Option<&'static str>,
+    /// For geo routes: the client's region and the data center that served it.
+    pub region: Option<Arc<str>>,
+    pub datacenter: Option<Arc<str>>,
     pub user_agent: Option<HeaderValue>,
     pub referer: Option<HeaderValue>,
 }
@@ -162,6 +165,14 @@ pub fn json_line(s: &mut String, r: &Record) {
     json_opt(s, r.pool.as_deref());
     s.push_str(",\"backend\":");
     json_opt(s, r.backend.as_deref());
+    if let Some(region) = &r.region {
+        s.push_str(",\"region\":");
+        json_str(s, region);
+    }
+    if let Some(dc) = &r.datacenter {
+        s.push_str(",\"datacenter\":");
+        json_str(s, dc);
+    }
     if let Some(t) = r.target {
         let _ = write!(s, ",\"target\":\"{t}\"");
     }
@@ -301,6 +312,8 @@ mod tests {
             flags: flags::RETRIED,
             error: None,
             target: None,
+            region: None,
+            datacenter: None,
             user_agent: Some(HeaderValue::from_static("curl/8")),
             referer: None,
         }

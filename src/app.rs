@@ -364,7 +364,7 @@ fn obtain_socket(shared: &Shared, c: &ListenerConfig) -> Result<std::net::TcpLis
 
 fn start_listener(shared: &Arc<Shared>, cfg: &ListenerConfig, socket: std::net::TcpListener) {
     let addr = socket.local_addr().unwrap_or(cfg.bind);
-    let stats = Arc::new(ListenerStats::new(&cfg.name, addr));
+    let stats = Arc::new(ListenerStats::new(&cfg.name, addr, cfg.proxy_protocol));
     let (stop_tx, stop_rx) = watch::channel(false);
     for w in &shared.workers {
         match socket.try_clone() {
@@ -454,20 +454,34 @@ async fn reload_locked(shared: &Arc<Shared>) -> ReloadOutcome {
     }
 
     // Listeners to add (a new name, or a known name on a new address) and to remove.
-    let running: Vec<(String, SocketAddr)> = shared
+    // A listener is the same when its name, address and PROXY protocol setting are.
+    let running: Vec<(String, SocketAddr, bool)> = shared
         .listeners
         .lock()
-        .map(|m| m.iter().map(|(n, r)| (n.clone(), r.configured)).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(n, r)| (n.clone(), r.configured, r.stats.proxy_protocol))
+                .collect()
+        })
         .unwrap_or_default();
     let to_add: Vec<ListenerConfig> = cfg
         .listeners
         .iter()
-        .filter(|l| !running.iter().any(|(n, a)| *n == l.name && *a == l.bind))
+        .filter(|l| {
+            !running
+                .iter()
+                .any(|(n, a, pp)| *n == l.name && *a == l.bind && *pp == l.proxy_protocol)
+        })
         .cloned()
         .collect();
     let to_remove: Vec<(String, SocketAddr)> = running
         .into_iter()
-        .filter(|(n, a)| !cfg.listeners.iter().any(|l| l.name == *n && l.bind == *a))
+        .filter(|(n, a, pp)| {
+            !cfg.listeners
+                .iter()
+                .any(|l| l.name == *n && l.bind == *a && l.proxy_protocol == *pp)
+        })
+        .map(|(n, a, _)| (n, a))
         .collect();
     // A new listener on an address that a removed one frees takes over its socket: no rebind,
     // no moment without a listening socket. Everything else is bound now, before anything

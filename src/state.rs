@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::accesslog::AccessLog;
 use crate::admin::metrics::{RouteMetrics, StickyMetrics};
-use crate::config::{Config, PathMatch, Problem, SplitConfig, StickyConfig};
+use crate::config::{Config, GeoConfig, PathMatch, Problem, SplitConfig, StickyConfig};
 use crate::router::Router;
 use crate::session::SessionKey;
 use crate::upstream::dns::Resolved;
@@ -20,6 +20,82 @@ pub struct Route {
     pub metrics: RouteMetrics,
     pub sticky: Option<Sticky>,
     pub split: Option<Split>,
+    /// Geo routes: the pools of `pools = [...]`, in listed order (empty otherwise).
+    pub geo_pools: Vec<usize>,
+}
+
+/// The geo tables of a generation, by index.
+pub struct Geo {
+    pub cfg: GeoConfig,
+    pub region_names: Vec<Arc<str>>,
+    pub dc_names: Vec<Arc<str>>,
+    /// Per region: its data center, then that one's failover list.
+    pub order: Vec<Vec<usize>>,
+    /// Per pool: its data center.
+    pub pool_dc: Vec<Option<usize>>,
+    pub default_region: Option<u16>,
+    /// waypost_geo_requests_total, by [region + 1][datacenter + 1] (0: none).
+    pub requests: Vec<Vec<metrics::Counter>>,
+}
+
+impl Geo {
+    fn new(config: &Config, pools: &[Arc<Pool>]) -> Geo {
+        let cfg = config.geo.clone();
+        let region_names: Vec<Arc<str>> = cfg.regions.iter().map(|r| r.as_str().into()).collect();
+        let dc_names: Vec<Arc<str>> = config.datacenters.iter().map(|d| d.name.as_str().into()).collect();
+        let dc_index = |n: &str| config.datacenters.iter().position(|d| d.name == n);
+        let order = cfg
+            .regions
+            .iter()
+            .map(|r| {
+                let Some(home) = config.datacenters.iter().position(|d| d.regions.contains(r)) else {
+                    return Vec::new();
+                };
+                let mut v = vec![home];
+                for f in &config.datacenters[home].failover {
+                    if let Some(i) = dc_index(f) {
+                        if !v.contains(&i) {
+                            v.push(i);
+                        }
+                    }
+                }
+                v
+            })
+            .collect();
+        let pool_dc = pools
+            .iter()
+            .map(|p| {
+                config
+                    .pools
+                    .iter()
+                    .find(|pc| *pc.name == *p.name)
+                    .and_then(|pc| pc.datacenter.as_deref())
+                    .and_then(dc_index)
+            })
+            .collect();
+        let label = |v: Option<&Arc<str>>| v.map(|s| s.to_string()).unwrap_or_default();
+        let requests = (0..=region_names.len())
+            .map(|r| {
+                (0..=dc_names.len())
+                    .map(|d| {
+                        crate::admin::metrics::geo_counter(
+                            &label(r.checked_sub(1).and_then(|i| region_names.get(i))),
+                            &label(d.checked_sub(1).and_then(|i| dc_names.get(i))),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        Geo {
+            default_region: cfg.default_region.as_deref().and_then(|r| cfg.region_id(r)),
+            cfg,
+            region_names,
+            dc_names,
+            order,
+            pool_dc,
+            requests,
+        }
+    }
 }
 
 /// A database-bound route's split: pool indexes, settings and metric handles.
@@ -47,6 +123,7 @@ pub struct State {
     pub access_log: Option<Arc<AccessLog>>,
     /// Signs sticky and read-your-writes cookies.
     pub session: SessionKey,
+    pub geo: Geo,
 }
 
 impl State {
@@ -77,6 +154,14 @@ impl State {
                     _ => 0,
                 },
                 metrics: RouteMetrics::new(&rc.name, &listeners),
+                geo_pools: if rc.pools.len() > 1 {
+                    rc.pools
+                        .iter()
+                        .filter_map(|n| pools.iter().position(|p| *p.name == **n))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 split: rc.split.clone().map(|cfg| Split {
                     primary: pools.iter().position(|p| *p.name == *cfg.primary).unwrap_or(0),
                     replicas: pools.iter().position(|p| *p.name == *cfg.replicas).unwrap_or(0),
@@ -112,6 +197,7 @@ impl State {
                     message: e,
                 }]
             })?;
+        let geo = Geo::new(&config, &pools);
         Ok(State {
             generation,
             router: Router::new(&config.routes),
@@ -120,6 +206,7 @@ impl State {
             listeners,
             access_log,
             session,
+            geo,
             config: Arc::new(config),
         })
     }

@@ -992,21 +992,15 @@ fn a_toml_syntax_error_is_printed_on_one_line_with_its_line_number() {
 /// text of the line it must point at. (Keys of health checking, which is being built, are not
 /// here; `lag_header` in `[pool.health]` belongs to the read/write split.)
 const LATER_KEYS: &[[&str; 4]] = &[
-    ["top", "[geo]\ndefault_region = \"eu\"", "geo", "[geo]"],
-    ["top", "[geo.regions]\neu = [\"127.0.1.0/24\"]", "geo", "[geo.regions]"],
-    ["top", "[[datacenter]]\nname = \"eu-west\"", "datacenter", "[[datacenter]]"],
     ["top", "[cache]\nmax_size = \"256MiB\"", "cache", "[cache]"],
     ["top", "[server]\nheader_read_timeout = \"10s\"", "server.header_read_timeout", "header_read_timeout"],
     ["top", "[server]\nidle_timeout = \"60s\"", "server.idle_timeout", "idle_timeout"],
     ["top", "[server]\nmax_header_bytes = \"64KiB\"", "server.max_header_bytes", "max_header_bytes"],
     ["top", "[server]\nmax_body_bytes = \"0\"", "server.max_body_bytes", "max_body_bytes"],
-    ["listener", "proxy_protocol = true", "listener[0].proxy_protocol", "proxy_protocol"],
     ["listener", "redirect_https = 8443", "listener[0].redirect_https", "redirect_https"],
     ["listener", "[listener.tls]\ncertificates = []", "listener[0].tls", "[listener.tls]"],
-    ["pool", "datacenter = \"eu-west\"", "pool[0].datacenter", "datacenter"],
     ["pool", "tls = true", "pool[0].tls", "tls = true"],
     ["pool", "ca_file = \"/etc/waypost/backend-ca.pem\"", "pool[0].ca_file", "ca_file"],
-    ["route", "pools = [\"web\"]", "route[0].pools", "pools = "],
     ["route", "[route.cache]\ndefault_ttl = \"0s\"", "route[0].cache", "[route.cache]"],
 ];
 
@@ -1143,6 +1137,99 @@ fn split_routes_are_validated() {
         "{}",
         r.all()
     );
+}
+
+const GEO: &str = r#"
+[admin]
+bind = "127.0.0.1:9901"
+
+[geo]
+trusted_proxies = ["10.0.0.0/8"]
+default_region = "eu"
+[geo.regions]
+eu = ["192.0.2.0/24"]
+na = ["198.51.100.0/24"]
+
+[[datacenter]]
+name = "eu-west"
+regions = ["eu"]
+failover = ["us-east"]
+
+[[datacenter]]
+name = "us-east"
+regions = ["na"]
+failover = ["eu-west"]
+
+[[listener]]
+name = "http"
+bind = "127.0.0.1:8080"
+proxy_protocol = true
+
+[[pool]]
+name = "web-eu"
+datacenter = "eu-west"
+backends = [{ address = "127.0.0.1:9001" }]
+
+[[pool]]
+name = "web-us"
+datacenter = "us-east"
+backends = [{ address = "127.0.0.1:9002" }]
+
+[[route]]
+name = "app"
+pools = ["web-eu", "web-us"]
+"#;
+
+#[test]
+fn geo_routing_is_validated() {
+    assert_ok(&check(GEO));
+    let cases = [
+        (
+            GEO.replace("default_region = \"eu\"", "default_region = \"asia\""),
+            "geo.default_region: unknown region \"asia\"",
+        ),
+        (
+            GEO.replace("regions = [\"na\"]", "regions = [\"sa\"]"),
+            "datacenter[1].regions[0]: unknown region \"sa\"",
+        ),
+        (
+            GEO.replace("failover = [\"us-east\"]", "failover = [\"ap-south\"]"),
+            "datacenter[0].failover[0]: unknown data center \"ap-south\"",
+        ),
+        (
+            GEO.replace("datacenter = \"us-east\"", "datacenter = \"us-west\""),
+            "pool[1].datacenter: unknown data center \"us-west\"",
+        ),
+        (
+            GEO.replace("pools = [\"web-eu\", \"web-us\"]", "pools = [\"web-eu\", \"web-ap\"]"),
+            "route[0].pools[1]: unknown pool \"web-ap\"",
+        ),
+        (
+            GEO.replace("na = [\"198.51.100.0/24\"]", "na = [\"192.0.2.0/24\"]"),
+            "192.0.2.0/24",
+        ),
+        (
+            GEO.replace("datacenter = \"us-east\"\n", ""),
+            "route[0].pools[1]: pool \"web-us\" is in no data center",
+        ),
+        (
+            GEO.replace("regions = [\"na\"]", "regions = [\"eu\"]"),
+            "region \"eu\" is already served by data center \"eu-west\"",
+        ),
+        (
+            GEO.replace("eu = [\"192.0.2.0/24\"]", "eu = [\"192.0.2.0/33\"]"),
+            "geo.regions.eu[0]",
+        ),
+    ];
+    for (toml, want) in cases {
+        let r = check(&toml);
+        assert_eq!(r.code, Some(1), "{toml}");
+        assert!(
+            r.problems().iter().any(|p| p.contains(want)),
+            "expected {want:?} in:\n{}",
+            r.all()
+        );
+    }
 }
 
 #[test]

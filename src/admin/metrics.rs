@@ -27,6 +27,9 @@ pub const CONFIG_GENERATION: &str = "waypost_config_generation";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "waypost_config_last_reload_success_timestamp_seconds";
 pub const STICKY_REQUESTS_TOTAL: &str = "waypost_sticky_requests_total";
 pub const STICKY_COOKIES_REJECTED_TOTAL: &str = "waypost_sticky_cookies_rejected_total";
+pub const GEO_REQUESTS_TOTAL: &str = "waypost_geo_requests_total";
+pub const DATACENTER_FAILOVERS_TOTAL: &str = "waypost_datacenter_failovers_total";
+pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "waypost_proxy_protocol_errors_total";
 pub const SPLIT_REQUESTS_TOTAL: &str = "waypost_split_requests_total";
 pub const REPLICA_LAG_SECONDS: &str = "waypost_replica_lag_seconds";
 pub const DNS_RESOLUTIONS_TOTAL: &str = "waypost_dns_resolutions_total";
@@ -145,6 +148,18 @@ fn describe() {
         REPLICA_LAG_SECONDS,
         Unit::Seconds,
         "Replication lag the backend's health probe last reported (lag_header)."
+    );
+    describe_counter!(
+        GEO_REQUESTS_TOTAL,
+        "Requests on geo routes, by client region and the data center that served them."
+    );
+    describe_counter!(
+        DATACENTER_FAILOVERS_TOTAL,
+        "Geo requests served by another data center than their region's own, by from and to."
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_ERRORS_TOTAL,
+        "Connections closed because their PROXY protocol header was missing, malformed or late."
     );
 }
 
@@ -294,4 +309,16 @@ pub fn split_counter(route: &str, target: &'static str) -> Counter {
 
 pub fn set_replica_lag(pool: &str, backend: &str, seconds: f64) {
     gauge!(REPLICA_LAG_SECONDS, "pool" => pool.to_string(), "backend" => backend.to_string()).set(seconds);
+}
+
+pub fn geo_counter(region: &str, datacenter: &str) -> Counter {
+    counter!(GEO_REQUESTS_TOTAL, "region" => region.to_string(), "datacenter" => datacenter.to_string())
+}
+
+pub fn datacenter_failover(from: &str, to: &str) {
+    counter!(DATACENTER_FAILOVERS_TOTAL, "from" => from.to_string(), "to" => to.to_string()).increment(1);
+}
+
+pub fn proxy_protocol_error(listener: &str) {
+    counter!(PROXY_PROTOCOL_ERRORS_TOTAL, "listener" => listener.to_string()).increment(1);
 }

@@ -174,6 +174,37 @@ fn backend_status(pool: &Pool, b: &Backend, weight: u32) -> serde_json::Value {
     })
 }
 
+/// Per region: its data centers in failover order, and which one serves now (the first with a
+/// pool that can take requests).
+fn geo_status(state: &crate::state::State) -> serde_json::Value {
+    let geo = &state.geo;
+    let now = health::now_ms();
+    let regions: Vec<_> = geo
+        .region_names
+        .iter()
+        .enumerate()
+        .map(|(r, name)| {
+            let order = &geo.order[r];
+            let serving = order.iter().copied().find(|dc| {
+                state
+                    .pools
+                    .iter()
+                    .enumerate()
+                    .any(|(p, pool)| geo.pool_dc[p] == Some(*dc) && pool.can_serve(now))
+            });
+            json!({
+                "region": &**name,
+                "order": order.iter().map(|d| &*geo.dc_names[*d]).collect::<Vec<_>>(),
+                "serving": serving.map(|d| &*geo.dc_names[d]),
+            })
+        })
+        .collect();
+    json!({
+        "default_region": geo.default_region.map(|r| &*geo.region_names[r as usize]),
+        "regions": regions,
+    })
+}
+
 /// What an operator wants to see at a glance; never secrets (the admin token is not shown).
 fn status(shared: &Shared) -> serde_json::Value {
     let state = shared.state.load();
@@ -223,6 +254,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "connections_active": shared.gate.active(),
         "last_reload": last,
         "listeners": listeners,
+        "geo": geo_status(&state),
         "pools": pools,
         "routes": routes,
     })

@@ -1,6 +1,7 @@
 //! The configuration: read a TOML file, check every key and cross-reference, and return either a
 //! `Config` or every problem at once, each with its key path and line.
 
+mod geo;
 mod pool;
 mod reader;
 mod route;
@@ -14,6 +15,7 @@ use http::Method;
 
 use crate::health::probe::HealthCheck;
 use crate::health::Passive;
+pub use geo::{DatacenterConfig, GeoConfig};
 use pool::read_pool;
 use route::{check_shadowed_routes, read_route, RouteAt};
 
@@ -30,6 +32,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub dns: DnsConfig,
     pub session: SessionConfig,
+    pub geo: GeoConfig,
+    pub datacenters: Vec<DatacenterConfig>,
     /// Hex digest of the file's bytes, shown in /status to tell generations apart.
     pub hash: String,
 }
@@ -74,6 +78,8 @@ pub struct LogConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    /// Expect a PROXY protocol (v1 or v2) header from an L4 balancer on every connection.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +182,7 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
+    pub datacenter: Option<String>,
     /// consistent_hash only.
     pub hash_key: Option<HashKey>,
     pub hash_balance_factor: Option<f64>,
@@ -218,6 +225,8 @@ pub struct RouteConfig {
     pub pool: String,
     pub sticky: Option<StickyConfig>,
     pub split: Option<SplitConfig>,
+    /// Geo routing: the pools of several data centers (`pools = [...]`); empty otherwise.
+    pub pools: Vec<String>,
 }
 
 /// `[route.split]`: writes to the primary pool, reads to the replicas.
@@ -299,7 +308,7 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn resolve(base: Option<&Path>, p: &str) -> PathBuf {
+pub(super) fn resolve(base: Option<&Path>, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     match base {
         Some(b) if p.is_relative() => b.join(p),
@@ -313,13 +322,10 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let log = read_log(root.obj("log"), base);
     let dns = read_dns(root.obj("dns"));
     let session = read_session(root.obj("session"), base);
-    for (key, what) in [
-        ("geo", "geo-routing"),
-        ("datacenter", "geo-routing"),
-        ("cache", "the response cache"),
-    ] {
-        root.unsupported(key, what);
-    }
+    let geo = geo::read_geo(root.obj("geo"), base);
+    let dc_objs = root.objs("datacenter");
+    let datacenters: Vec<_> = dc_objs.iter().filter_map(geo::read_datacenter).collect();
+    root.unsupported("cache", "the response cache");
 
     let listener_objs = root.objs("listener");
     // `listener = []` is as empty as no listener at all (a wrong type is reported by `objs`).
@@ -350,6 +356,39 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     check_unique(ctx, pool_names_at.iter().map(|(n, a)| (n.as_str(), a)), "pool");
     check_unique(ctx, route_names.iter().map(|(n, a)| (n.as_str(), a)), "route");
     let pool_names: HashSet<&str> = pool_names_at.iter().map(|(n, _)| n.as_str()).collect();
+    let dc_names = names(&dc_objs);
+    check_unique(ctx, dc_names.iter().map(|(n, a)| (n.as_str(), a)), "data center");
+    if let Some(g) = &geo {
+        geo::check_datacenters(ctx, g, &dc_objs);
+    }
+    for o in &dc_objs {
+        o.finish_ref();
+    }
+    let pool_dc: HashMap<String, Option<String>> = pool_objs
+        .iter()
+        .filter_map(|o| Some((o.peek_str("name")?, o.peek_str("datacenter"))))
+        .collect();
+    for o in &pool_objs {
+        if let Some(dc) = o.peek_str("datacenter") {
+            if !dc_names.iter().any(|(n, _)| *n == dc) {
+                o.problem("datacenter", format!("unknown data center {dc:?}"));
+            }
+        }
+    }
+    for o in &route_objs {
+        let list = o.peek_str_list("pools");
+        for (p, at) in &list {
+            match pool_dc.get(p) {
+                None => ctx.problem(&at.path, at.line, format!("unknown pool {p:?}")),
+                Some(None) if list.len() > 1 => ctx.problem(
+                    &at.path,
+                    at.line,
+                    format!("pool {p:?} is in no data center (set its `datacenter`): a geo route chooses pools by data center"),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
     for o in &route_objs {
         for key in ["primary", "replicas"] {
             if let Some((p, at)) = o.peek_sub_str("split", key) {
@@ -404,6 +443,8 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         routes: routes.into_iter().map(|(r, _)| r).collect(),
         dns: dns?,
         session: session?,
+        datacenters: datacenters.into_iter().map(|(d, _)| d).collect(),
+        geo: geo?,
         hash: String::new(),
     })
 }
@@ -592,18 +633,14 @@ fn read_listener(o: &Obj) -> Option<(ListenerConfig, At)> {
             None
         }
     });
-    if o.bool("proxy_protocol") == Some(true) {
-        o.problem(
-            "proxy_protocol",
-            "not supported yet (PROXY protocol arrives with geo-routing)",
-        );
-    }
+    let proxy_protocol = o.bool("proxy_protocol").unwrap_or(false);
     o.unsupported("redirect_https", "arrives with TLS termination");
     o.unsupported("tls", "TLS termination");
     Some((
         ListenerConfig {
             name: name?,
             bind: bind?,
+            proxy_protocol,
         },
         o.at_key("bind"),
     ))

@@ -65,7 +65,7 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
         o.problem("tls", "not supported yet (upstream TLS arrives with TLS termination)");
     }
     o.unsupported("ca_file", "upstream TLS arrives with TLS termination");
-    o.unsupported("datacenter", "geo-routing");
+    let datacenter = o.str("datacenter");
     let hash_key = o.str("hash_key").and_then(|k| match parse_hash_key(&k) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -130,6 +130,7 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
             connect_timeout,
             response_timeout,
             retries,
+            datacenter,
             hash_key,
             hash_balance_factor,
             health,

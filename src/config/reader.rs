@@ -309,7 +309,14 @@ impl<'c, 's> Obj<'c, 's> {
 
     /// An array of strings, each with its own place for later cross-reference checks.
     pub fn str_list(&self, key: &'static str) -> Option<Vec<(String, At)>> {
-        let item = self.take(key)?;
+        self.used.borrow_mut().push(key);
+        self.str_list_dyn(key)
+    }
+
+    /// `str_list` for a key chosen by the user (`[geo.regions] eu = [...]`): not marked, since
+    /// such tables have no unknown keys.
+    pub fn str_list_dyn(&self, key: &str) -> Option<Vec<(String, At)>> {
+        let item = self.tbl.get(key)?;
         let Some(arr) = item.as_array() else {
             self.wrong_type(key, "an array of strings", item);
             return None;
@@ -328,6 +335,30 @@ impl<'c, 's> Obj<'c, 's> {
             }
         }
         Some(out)
+    }
+
+    /// The strings of an array at `key` with their places, without marking or reporting.
+    pub fn peek_str_list(&self, key: &str) -> Vec<(String, At)> {
+        let Some(arr) = self.tbl.get(key).and_then(|i| i.as_array()) else {
+            return Vec::new();
+        };
+        arr.iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                Some((
+                    v.as_str()?.to_string(),
+                    At {
+                        path: format!("{}[{i}]", self.key_path(key)),
+                        line: self.ctx.line_of(v.span()),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The keys of a table whose keys the user chooses, with their places.
+    pub fn entries_list(&self) -> Vec<(String, At)> {
+        self.tbl.iter().map(|(k, _)| (k.to_string(), self.at_key(k))).collect()
     }
 
     /// A string or an array of strings (e.g. `host = "a"` or `host = ["a", "b"]`).
@@ -406,6 +437,16 @@ impl<'c, 's> Obj<'c, 's> {
     pub fn unsupported(&self, key: &'static str, what: &str) {
         if self.take(key).is_some() {
             self.problem(key, format!("not supported yet ({what})"));
+        }
+    }
+
+    /// `finish` for a table still borrowed elsewhere.
+    pub fn finish_ref(&self) {
+        let used = self.used.borrow();
+        for (k, _) in self.tbl.iter() {
+            if !used.contains(&k) {
+                self.problem(k, "unknown key");
+            }
         }
     }
 

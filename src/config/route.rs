@@ -79,8 +79,17 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
         );
     }
     let pool = o.str("pool");
-    if o.has("pools") {
-        o.unsupported("pools", "geo-routing across data-center pools");
+    let pools: Vec<String> = o
+        .str_list("pools")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    if o.has("pools") && pools.is_empty() {
+        o.problem("pools", "an empty pool list sends nowhere");
+    }
+    if !pools.is_empty() && (pool.is_some() || o.has("split")) {
+        o.problem("pools", "a route sends to one of `pool`, `pools` or `[route.split]`");
     }
     let split = o.obj("split").and_then(|sp| {
         let primary = sp.req_str("primary");
@@ -163,7 +172,9 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             strip_prefix,
             pool: pool
                 .or_else(|| split.as_ref().map(|s| s.primary.clone()))
+                .or_else(|| pools.first().cloned())
                 .unwrap_or_default(),
+            pools,
             sticky,
             split,
         },

@@ -25,15 +25,18 @@ pub mod proxy_protocol;
 pub struct ListenerStats {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
     pub active: AtomicUsize,
     total: Counter,
 }
 
 impl ListenerStats {
-    pub fn new(name: &str, bind: SocketAddr) -> ListenerStats {
+    pub fn new(name: &str, bind: SocketAddr, proxy_protocol: bool) -> ListenerStats {
         ListenerStats {
             name: name.into(),
             bind,
+            proxy_protocol,
             active: AtomicUsize::new(0),
             total: metrics::connections_total(name),
         }
@@ -176,18 +179,50 @@ pub async fn accept_loop(
 }
 
 async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     stats: Arc<ListenerStats>,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let open = Arc::new(Open {
         shared: shared.clone(),
         stats: stats.clone(),
     });
     let _ = stream.set_nodelay(true);
+    if !stats.proxy_protocol {
+        return serve_http(stream, peer, stats, shared, builder, stop, open).await;
+    }
+    // Behind an L4 balancer: the client is the PROXY header's source. A connection without a
+    // valid header in time is closed and counted; it is never served as if it were direct.
+    match proxy_protocol::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
+        Ok((source, rest)) => {
+            let client = source.unwrap_or(peer);
+            let io = proxy_protocol::Rewind::new(stream, rest);
+            serve_http(io, client, stats, shared, builder, stop, open).await
+        }
+        Err(e) => {
+            metrics::proxy_protocol_error(&stats.name);
+            tracing::debug!(peer = %peer, error = %e, "PROXY protocol header refused; closing");
+        }
+    }
+}
+
+/// How long an L4 balancer may take to send the PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn serve_http<IO>(
+    stream: IO,
+    peer: SocketAddr,
+    stats: Arc<ListenerStats>,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+    open: Arc<Open>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut info = ConnInfo::new(stats.name.clone(), peer, "http");
     info.hold = Some(open);
     let info = Arc::new(info);

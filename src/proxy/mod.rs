@@ -8,6 +8,7 @@
 
 pub mod affinity;
 pub mod body;
+pub mod geo;
 pub mod headers;
 pub mod split;
 
@@ -178,6 +179,8 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
             flags: 0,
             error: None,
             target: None,
+            region: None,
+            datacenter: None,
             user_agent: sink
                 .wants_agent()
                 .then(|| parts.headers.get(header::USER_AGENT).cloned())
@@ -200,7 +203,20 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         return respond_error(ProxyError::NoRoute, state, listener, None, started, log);
     };
     let route = &state.routes[route_idx];
-    // 2 region, 3 cache lookup: not built yet.
+    // 2 region: for geo routes, the client's region picks the data center's pool.
+    let geo_pool = if route.geo_pools.is_empty() {
+        None
+    } else {
+        let origin = geo::origin(&state.geo, conn.peer.ip(), &parts.headers);
+        let (p, home, serving) = geo::choose(&state, route, origin);
+        geo::account(&state, origin, home, serving);
+        if let Some(l) = log.as_mut() {
+            l.region = geo::region_name(&state, origin.region);
+            l.datacenter = geo::dc_name(&state, serving);
+        }
+        Some(p)
+    };
+    // 3 cache lookup: not built yet.
     // 4 target: the route's pool, or for a split route the primary or the replicas.
     let split_target = route.split.as_ref().map(|sp| {
         let t = split::decide(&state, sp, &parts.method, &parts.headers);
@@ -215,7 +231,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         l.target = split_target.map(|(_, t)| t.label());
     }
     let pool = match split_target {
-        None => state.pools[route.pool].clone(),
+        None => state.pools[geo_pool.unwrap_or(route.pool)].clone(),
         Some((sp, split::Target::Primary)) => state.pools[sp.primary].clone(),
         Some((sp, _)) => state.pools[sp.replicas].clone(),
     };

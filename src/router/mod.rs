@@ -181,6 +181,7 @@ mod tests {
             pool: "p".into(),
             sticky: None,
             split: None,
+            pools: vec![],
         }
     }
 

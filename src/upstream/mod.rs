@@ -331,6 +331,12 @@ impl Pool {
         }
     }
 
+    /// Whether the pool can take a request now: a backend is available, or panic mode would
+    /// send to all of them.
+    pub fn can_serve(&self, now: u64) -> bool {
+        self.has_available(now) || (self.in_panic(now) && !self.members.is_empty())
+    }
+
     /// Whether any backend is available now.
     pub fn has_available(&self, now: u64) -> bool {
         self.members.iter().any(|m| m.health.available(now))
