@@ -416,3 +416,24 @@ async fn a_maxmind_database_maps_a_country_to_a_region() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_for_line_that_is_not_text_stops_the_walk() {
+    let d = dcs().await;
+    let p = Proxy::start(&config(&d, "", ""));
+    // The client wrote the first line (claiming na); a line that is not text follows. The walk
+    // from the right stops at the bad line, so the client's claim is never reached.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((PROXY_PEER, 0))).unwrap();
+    let mut s = sock.connect(p.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\nx-forwarded-for: 127.0.2.77\r\nx-forwarded-for: \xff\xfe\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains("\"backend\":\"us-backend\""),
+        "the client chose its region: {text}"
+    );
+}

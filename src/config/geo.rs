@@ -60,8 +60,8 @@ pub(super) fn read_geo(o: Option<Obj>, base: Option<&Path>) -> Option<GeoConfig>
         regions: vec![],
         region_cidrs: vec![],
         countries: HashMap::new(),
-        table: Arc::new(RegionTable::build::<&str>(&[]).unwrap_or_else(|_| unreachable!("an empty table builds"))),
-        trusted: Arc::new(TrustedProxies::build::<&str>(&[]).unwrap_or_else(|_| unreachable!("an empty set builds"))),
+        table: Arc::new(RegionTable::default()),
+        trusted: Arc::new(TrustedProxies::default()),
     };
     let Some(o) = o else { return Some(empty()) };
     let mut g = empty();

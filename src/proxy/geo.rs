@@ -27,9 +27,11 @@ pub struct Origin {
 pub fn origin(geo: &Geo, peer: IpAddr, headers: &HeaderMap) -> Origin {
     let trusted = geo.cfg.trusted.contains(peer);
     let client = if trusted {
+        // A line that is not text must stop the walk, not vanish: dropping it would let the
+        // walk reach an entry the client wrote. "?" is never an address, so it stops there.
         client_address(
             peer,
-            headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()),
+            headers.get_all(&XFF).iter().map(|v| v.to_str().unwrap_or("?")),
             &geo.cfg.trusted,
         )
     } else {
