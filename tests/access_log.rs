@@ -24,40 +24,9 @@ fn dead_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-fn backend_list(backends: &[(SocketAddr, u32)]) -> String {
-    backends
-        .iter()
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// One listener, admin on port 0, `[log]` as given, one pool "web", one catch-all route "all".
+/// One pool "web" of weighted backends, `[log]` as given.
 fn config(log: &str, backends: &[(SocketAddr, u32)], pool_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-{log}
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{}]
-{pool_extra}
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#,
-        backend_list(backends)
-    )
+    weighted_config(backends, "", log, pool_extra)
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

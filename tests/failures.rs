@@ -30,40 +30,9 @@ fn dead_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-/// A config with one listener, admin on port 0, one pool "web" of weighted backends and one
-/// catch-all route "all". `server` goes into [server], `pool_extra` into the pool table.
+/// One pool "web" of weighted backends; `server` goes into [server], `pool_extra` into the pool.
 fn config(backends: &[(SocketAddr, u32)], pool_extra: &str, server: &str) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect();
-    format!(
-        r#"
-[server]
-{server}
-
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "stdout"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{}]
-{pool_extra}
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#,
-        list.join(", ")
-    )
+    weighted_config(backends, server, "access = \"stdout\"", pool_extra)
 }
 
 /// Fail the test instead of hanging when the proxy never answers.

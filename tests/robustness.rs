@@ -241,7 +241,11 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     .await;
     assert_eq!(b.hits(), 1, "exactly one request reached the backend: {resp}");
     assert!(!resp.contains("/smuggled"), "{resp}");
-    let v: serde_json::Value = serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("{}").trim()).unwrap_or_default();
-    assert!(v["headers"].get("content-length").is_none(), "Content-Length must not reach the backend: {resp}");
+    let v: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("{}").trim()).unwrap_or_default();
+    assert!(
+        v["headers"].get("content-length").is_none(),
+        "Content-Length must not reach the backend: {resp}"
+    );
     assert_eq!(v["body_bytes"], 0);
 }

@@ -295,16 +295,24 @@ pub fn echo(resp: &Response<Bytes>) -> serde_json::Value {
     })
 }
 
-/// A minimal config: one listener, admin on port 0, one pool of `backends`, one catch-all route.
-pub fn simple_config(backends: &[SocketAddr], pool_extra: &str) -> String {
-    let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
+/// A config with one listener and the admin API on port 0, one pool "web" of weighted
+/// `backends` and one catch-all route "all"; `server` and `log` are the bodies of those tables
+/// and `pool_extra` goes into the pool's.
+pub fn weighted_config(backends: &[(SocketAddr, u32)], server: &str, log: &str, pool_extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
+        .collect();
     format!(
         r#"
+[server]
+{server}
+
 [admin]
 bind = "127.0.0.1:0"
 
 [log]
-access = "stdout"
+{log}
 
 [[listener]]
 name = "http"
@@ -322,4 +330,10 @@ pool = "web"
 "#,
         list.join(", ")
     )
+}
+
+/// A minimal config: `weighted_config` with equal weights and the access log on stdout.
+pub fn simple_config(backends: &[SocketAddr], pool_extra: &str) -> String {
+    let weighted: Vec<(SocketAddr, u32)> = backends.iter().map(|a| (*a, 1)).collect();
+    weighted_config(&weighted, "", "access = \"stdout\"", pool_extra)
 }
