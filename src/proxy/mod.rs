@@ -195,7 +195,14 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     // A target that is neither a path nor "*" (for OPTIONS) is not one a backend should see.
     let path = parts.uri.path();
     if !path.starts_with('/') && !(parts.method == http::Method::OPTIONS && path == "*") {
-        return respond_error(ProxyError::BadRequest("bad request target"), state, listener, None, started, log);
+        return respond_error(
+            ProxyError::BadRequest("bad request target"),
+            state,
+            listener,
+            None,
+            started,
+            log,
+        );
     }
 
     // 1 route
