@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use. Add to this list (space-separated) when a test needs a tool:
 #   prometheus  promtool and the prometheus server (tests/prometheus.rs)
 #   systemd     systemd-analyze verify of the unit files (tests/lifecycle.rs)
-APT_PACKAGES="prometheus systemd"
+#   sslscan     the TLS scan of a listener (tests/tls.rs)
+#   openssl     RSA (PKCS#1, PKCS#8) and EC (SEC1) keys for tests/tls.rs
+APT_PACKAGES="prometheus systemd sslscan openssl"
 
 missing=()
 for pkg in $APT_PACKAGES; do

@@ -235,6 +235,7 @@ async fn control(config: Config, config_path: Option<PathBuf>, workers: usize, o
     watch_dns(&shared);
     shared.mark_success(1);
     lifecycle::spawn_config_watch(&shared);
+    lifecycle::spawn_tls_gauges(&shared);
 
     let bound = listener_cfgs
         .iter()

@@ -3,6 +3,7 @@
 //! rename), and the binary upgrade on SIGUSR2 (the new binary inherits the listening sockets,
 //! so no connection is refused while the old process drains).
 
+use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -52,9 +53,10 @@ pub fn spawn_watchdog(shared: &Arc<Shared>) {
     });
 }
 
-/// Watch the config file's directory and reload when the file's contents change. Editors and
-/// config management replace files by rename, and Kubernetes swaps a symlinked directory, so
-/// any change in the directory is a hint; the file's digest decides.
+/// Watch the config file's directory, and the directories of the TLS certificates, keys and
+/// client CAs it names, and reload when the contents change. Editors and config management
+/// replace files by rename, and Kubernetes swaps a symlinked directory, so any change in a
+/// watched directory is a hint; the digests of the config file and of the TLS files decide.
 pub fn spawn_config_watch(shared: &Arc<Shared>) {
     let Some(path) = shared.config_path.clone() else {
         return;
@@ -83,23 +85,94 @@ pub fn spawn_config_watch(shared: &Arc<Shared>) {
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory");
         return;
     }
+    let mut watched: HashSet<PathBuf> = HashSet::from([dir]);
     let shared = shared.clone();
     tokio::spawn(async move {
-        let _keep = watcher;
+        let mut watcher = watcher;
+        watch_tls_dirs(&mut watcher, &mut watched, &shared);
         while rx.recv().await.is_some() {
             // Debounce: a save is often several events (truncate, write, rename).
             tokio::time::sleep(Duration::from_millis(300)).await;
             while rx.try_recv().is_ok() {}
+            // A reload by signal or POST /reload may have named new directories.
+            watch_tls_dirs(&mut watcher, &mut watched, &shared);
             let p = path.clone();
             let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || std::fs::read(p)).await else {
                 continue; // Mid-replacement or removed: the next event will tell.
             };
-            if crate::config::digest(&bytes) == shared.state.load().config.hash {
+            let current = shared.state.load_full();
+            let config_changed = crate::config::digest(&bytes) != current.config.hash;
+            let tls_changed = !config_changed && {
+                let sets: Vec<(Vec<PathBuf>, String)> = current
+                    .config
+                    .listeners
+                    .iter()
+                    .filter_map(|l| l.tls.as_ref())
+                    .map(|t| (t.files(), t.files_digest.clone()))
+                    .collect();
+                // A file mid-replacement (unreadable) counts as unchanged: the next event tells.
+                tokio::task::spawn_blocking(move || {
+                    sets.iter()
+                        .any(|(files, d)| crate::config::tls::files_digest(files).is_some_and(|now| now != *d))
+                })
+                .await
+                .unwrap_or(false)
+            };
+            drop(current);
+            if !config_changed && !tls_changed {
                 continue;
             }
             let out = app::reload(&shared).await;
             if out.ok {
-                tracing::info!(generation = out.generation, "reloaded after the config file changed");
+                let what = if config_changed {
+                    "the config file"
+                } else {
+                    "a TLS file"
+                };
+                tracing::info!(generation = out.generation, "reloaded after {what} changed");
+            }
+        }
+    });
+}
+
+/// Add a watch on every directory holding a TLS file of the running config.
+fn watch_tls_dirs(watcher: &mut notify::RecommendedWatcher, watched: &mut HashSet<PathBuf>, shared: &Shared) {
+    use notify::Watcher as _;
+    let state = shared.state.load();
+    for l in &state.config.listeners {
+        for f in l.tls.iter().flat_map(|t| t.files()) {
+            let Some(dir) = f.parent().map(|d| match d.as_os_str().is_empty() {
+                true => PathBuf::from("."),
+                false => d.to_path_buf(),
+            }) else {
+                continue;
+            };
+            if watched.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot watch a TLS file directory"),
+            }
+        }
+    }
+}
+
+/// Certificate expiry gauges are set when a generation is built; refresh them so that the
+/// exporter does not drop them as idle.
+pub fn spawn_tls_gauges(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let Some(shared) = weak.upgrade() else { return };
+            let state = shared.state.load();
+            for l in &state.config.listeners {
+                for c in l.tls.iter().flat_map(|t| &t.certificates) {
+                    crate::admin::metrics::set_cert_not_after(&c.cert_file.display().to_string(), c.not_after);
+                }
             }
         }
     });

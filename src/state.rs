@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::accesslog::AccessLog;
 use crate::admin::metrics::{RouteMetrics, StickyMetrics};
 use crate::config::{Config, GeoConfig, PathMatch, Problem, SplitConfig, StickyConfig};
+use crate::listener::tls::TlsListener;
 use crate::router::Router;
 use crate::session::SessionKey;
 use crate::upstream::dns::Resolved;
@@ -120,6 +121,8 @@ pub struct State {
     pub routes: Vec<Route>,
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<Arc<str>>,
+    /// Per listener (same order as `listeners`): its TLS in this generation, if it has TLS.
+    pub listener_tls: Vec<Option<Arc<TlsListener>>>,
     pub access_log: Option<Arc<AccessLog>>,
     /// Signs sticky and read-your-writes cookies.
     pub session: SessionKey,
@@ -198,7 +201,35 @@ impl State {
                 }]
             })?;
         let geo = Geo::new(&config, &pools);
+        let mut problems = Vec::new();
+        let listener_tls = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let tls = l.tls.as_ref()?;
+                let prev = previous.and_then(|p| {
+                    let j = p.listener_index(&l.name);
+                    p.listener_tls.get(j).cloned().flatten()
+                });
+                match TlsListener::build(&l.name, tls, prev.as_deref()) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(e) => {
+                        problems.push(Problem {
+                            path: format!("listener[{i}].tls"),
+                            line: 0,
+                            message: e,
+                        });
+                        None
+                    }
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(State {
+            listener_tls,
             generation,
             router: Router::new(&config.routes),
             routes,
@@ -209,6 +240,16 @@ impl State {
             geo,
             config: Arc::new(config),
         })
+    }
+
+    /// The TLS of the listener named `name` in this generation, if it has TLS.
+    pub fn tls_for(&self, name: &str) -> Option<Arc<TlsListener>> {
+        self.listener_tls.get(self.listener_index(name)).cloned().flatten()
+    }
+
+    /// The listener named `name` as this generation configures it.
+    pub fn listener_config(&self, name: &str) -> Option<&crate::config::ListenerConfig> {
+        self.config.listeners.iter().find(|l| l.name == name)
     }
 
     pub fn listener_index(&self, name: &str) -> usize {

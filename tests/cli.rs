@@ -997,8 +997,6 @@ const LATER_KEYS: &[[&str; 4]] = &[
     ["top", "[server]\nidle_timeout = \"60s\"", "server.idle_timeout", "idle_timeout"],
     ["top", "[server]\nmax_header_bytes = \"64KiB\"", "server.max_header_bytes", "max_header_bytes"],
     ["top", "[server]\nmax_body_bytes = \"0\"", "server.max_body_bytes", "max_body_bytes"],
-    ["listener", "redirect_https = 8443", "listener[0].redirect_https", "redirect_https"],
-    ["listener", "[listener.tls]\ncertificates = []", "listener[0].tls", "[listener.tls]"],
     ["pool", "tls = true", "pool[0].tls", "tls = true"],
     ["pool", "ca_file = \"/etc/waypost/backend-ca.pem\"", "pool[0].ca_file", "ca_file"],
     ["route", "[route.cache]\ndefault_ttl = \"0s\"", "route[0].cache", "[route.cache]"],
@@ -1032,6 +1030,138 @@ fn keys_of_later_capabilities_are_refused_as_not_supported_yet() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn tls_and_redirect_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let make = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![format!("{name}.test")]).unwrap();
+        std::fs::write(d.join(format!("{name}.crt")), c.cert.pem()).unwrap();
+        std::fs::write(d.join(format!("{name}.key")), c.key_pair.serialize_pem()).unwrap();
+    };
+    make("a");
+    make("b");
+    std::fs::write(d.join("garbage.pem"), "not pem\n").unwrap();
+    let path = |n: &str| d.join(n).display().to_string();
+    let tls = |certs: &str, rest: &str| format!("[listener.tls]\ncertificates = [{certs}]\n{rest}");
+    let pair = |c: &str, k: &str| format!("{{ cert = \"{}\", key = \"{}\" }}", path(c), path(k));
+    // Everything set, relative paths resolved against the config's directory, and a plain
+    // listener redirecting to https.
+    let good = config(
+        "",
+        &format!(
+            "redirect_https = 8443\n\n[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:8443\"\n{}",
+            tls(
+                &format!("{}, {{ cert = \"b.crt\", key = \"b.key\" }}", pair("a.crt", "a.key")),
+                &format!(
+                    "min_version = \"1.3\"\nalpn = [\"http/1.1\"]\nsni_strict = true\nclient_ca = \"{}\"\nclient_cert_header = \"x-subject\"\nhsts = \"max-age=31536000\"",
+                    path("a.crt")
+                )
+            )
+        ),
+        "",
+        "",
+    );
+    assert_ok(&check_in(d, &good));
+    let cases: Vec<(String, String)> = vec![
+        (
+            tls("", ""),
+            "listener[0].tls.certificates: at least one certificate is required".into(),
+        ),
+        (
+            "[listener.tls]\nmin_version = \"1.2\"".into(),
+            "listener[0].tls: missing required key `certificates`".into(),
+        ),
+        (
+            tls(&pair("missing.crt", "a.key"), ""),
+            format!(
+                "listener[0].tls.certificates[0].cert: cannot read {}",
+                path("missing.crt")
+            ),
+        ),
+        (
+            tls(&pair("garbage.pem", "a.key"), ""),
+            format!(
+                "listener[0].tls.certificates[0].cert: {}: no PEM certificate found",
+                path("garbage.pem")
+            ),
+        ),
+        (
+            tls(&pair("a.crt", "a.crt"), ""),
+            format!(
+                "listener[0].tls.certificates[0].key: {}: no PEM private key found",
+                path("a.crt")
+            ),
+        ),
+        (
+            tls(&pair("a.crt", "b.key"), ""),
+            format!(
+                "listener[0].tls.certificates[0].key: the key in {} does not match the certificate in {}",
+                path("b.key"),
+                path("a.crt")
+            ),
+        ),
+        (
+            "[listener.tls]\ncertificates = [{ cert = \"a.crt\" }]".into(),
+            "listener[0].tls.certificates[0]: missing required key `key`".into(),
+        ),
+        (
+            tls(&pair("a.crt", "a.key"), "min_version = \"1.1\""),
+            "listener[0].tls.min_version: unknown version \"1.1\"".into(),
+        ),
+        (
+            tls(&pair("a.crt", "a.key"), "alpn = [\"h2\", \"spdy/3\"]"),
+            "listener[0].tls.alpn[1]: unknown protocol \"spdy/3\"".into(),
+        ),
+        (
+            tls(&pair("a.crt", "a.key"), "sni_strict = \"yes\""),
+            "listener[0].tls.sni_strict: expected a boolean".into(),
+        ),
+        (
+            tls(
+                &pair("a.crt", "a.key"),
+                &format!("client_ca = \"{}\"", path("none.pem")),
+            ),
+            format!("listener[0].tls.client_ca: cannot read {}", path("none.pem")),
+        ),
+        (
+            tls(&pair("a.crt", "a.key"), "client_cert_header = \"bad header\""),
+            "listener[0].tls.client_cert_header: invalid header name".into(),
+        ),
+        (
+            tls(&pair("a.crt", "a.key"), "hsts = \"\""),
+            "listener[0].tls.hsts: must not be empty".into(),
+        ),
+        (
+            tls(&pair("a.crt", "a.key"), "ciphers = [\"RC4\"]"),
+            "listener[0].tls.ciphers: unknown key".into(),
+        ),
+        (
+            "redirect_https = 0".into(),
+            "listener[0].redirect_https: must be a port between 1 and 65535".into(),
+        ),
+        (
+            "redirect_https = 70000".into(),
+            "listener[0].redirect_https: must be between 0 and 65535".into(),
+        ),
+        (
+            format!("redirect_https = 443\n{}", tls(&pair("a.crt", "a.key"), "")),
+            "listener[0].redirect_https: is for plain listeners".into(),
+        ),
+    ];
+    for (listener, want) in cases {
+        let toml = config("", &listener, "", "");
+        let r = check_in(d, &toml);
+        assert_eq!(r.code, Some(1), "{toml}\n{}", r.all());
+        assert!(
+            r.problems().iter().any(|p| p.starts_with(&want)),
+            "expected {want:?} in:\n{}",
+            r.all()
+        );
+        assert_eq!(r.problems().len(), 1, "one problem expected:\n{}", r.all());
+    }
 }
 
 #[test]

@@ -138,7 +138,9 @@ async fn misbehaving_backends_get_clean_errors_and_no_false_complete_bodies() {
         .into_bytes()
         .into_boxed_slice(),
     );
-    let cases: Vec<(&str, &'static [u8], Option<Duration>, After, &[u16])> = vec![
+    // (what, the backend's reply, delay between its bytes, what it does after, statuses allowed)
+    type Case = (&'static str, &'static [u8], Option<Duration>, After, &'static [u16]);
+    let cases: Vec<Case> = vec![
         (
             "garbage instead of HTTP",
             b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n",

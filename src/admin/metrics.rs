@@ -34,6 +34,9 @@ pub const SPLIT_REQUESTS_TOTAL: &str = "waypost_split_requests_total";
 pub const REPLICA_LAG_SECONDS: &str = "waypost_replica_lag_seconds";
 pub const DNS_RESOLUTIONS_TOTAL: &str = "waypost_dns_resolutions_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "waypost_access_log_dropped_total";
+pub const TLS_HANDSHAKES_TOTAL: &str = "waypost_tls_handshakes_total";
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "waypost_tls_handshake_errors_total";
+pub const TLS_CERT_NOT_AFTER: &str = "waypost_tls_cert_not_after_seconds";
 
 /// Status classes as label values; index 5 is a transport failure with no status at all.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -160,6 +163,16 @@ fn describe() {
     describe_counter!(
         PROXY_PROTOCOL_ERRORS_TOTAL,
         "Connections closed because their PROXY protocol header was missing, malformed or late."
+    );
+    describe_counter!(TLS_HANDSHAKES_TOTAL, "TLS handshakes completed, by listener.");
+    describe_counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        "TLS handshakes that failed or timed out, by listener."
+    );
+    describe_gauge!(
+        TLS_CERT_NOT_AFTER,
+        Unit::Seconds,
+        "Unix time at which a served certificate expires, by certificate file."
     );
 }
 
@@ -321,4 +334,17 @@ pub fn datacenter_failover(from: &str, to: &str) {
 
 pub fn proxy_protocol_error(listener: &str) {
     counter!(PROXY_PROTOCOL_ERRORS_TOTAL, "listener" => listener.to_string()).increment(1);
+}
+
+pub fn tls_handshakes(listener: &str) -> Counter {
+    counter!(TLS_HANDSHAKES_TOTAL, "listener" => listener.to_string())
+}
+
+pub fn tls_handshake_errors(listener: &str) -> Counter {
+    counter!(TLS_HANDSHAKE_ERRORS_TOTAL, "listener" => listener.to_string())
+}
+
+/// Expiry of a served certificate, labelled with its file.
+pub fn set_cert_not_after(certificate: &str, unix: i64) {
+    gauge!(TLS_CERT_NOT_AFTER, "certificate" => certificate.to_string()).set(unix as f64);
 }

@@ -5,6 +5,7 @@ mod geo;
 mod pool;
 mod reader;
 mod route;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +81,10 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Expect a PROXY protocol (v1 or v2) header from an L4 balancer on every connection.
     pub proxy_protocol: bool,
+    /// `[listener.tls]`: terminate TLS.
+    pub tls: Option<tls::TlsConfig>,
+    /// Answer every request with a 308 to https on this port (plain listeners only).
+    pub redirect_https: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,7 +338,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     if listener_objs.is_empty() && !wrong_type {
         root.problem_here("at least one [[listener]] is required");
     }
-    let listeners: Vec<_> = listener_objs.iter().filter_map(read_listener).collect();
+    let listeners: Vec<_> = listener_objs.iter().filter_map(|o| read_listener(o, base)).collect();
 
     let pool_objs = root.objs("pool");
     let pools: Vec<_> = pool_objs.iter().filter_map(read_pool).collect();
@@ -621,7 +626,7 @@ fn parse_bind(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("invalid address {s:?}: expected IP:port, like \"127.0.0.1:8080\" or \"[::]:80\""))
 }
 
-fn read_listener(o: &Obj) -> Option<(ListenerConfig, At)> {
+fn read_listener(o: &Obj, base: Option<&Path>) -> Option<(ListenerConfig, At)> {
     let name = o.req_str("name");
     if let Some(n) = &name {
         check_name(o, "name", n);
@@ -634,13 +639,35 @@ fn read_listener(o: &Obj) -> Option<(ListenerConfig, At)> {
         }
     });
     let proxy_protocol = o.bool("proxy_protocol").unwrap_or(false);
-    o.unsupported("redirect_https", "arrives with TLS termination");
-    o.unsupported("tls", "TLS termination");
+    let has_tls = o.has("tls");
+    let tls = o.obj("tls").map(|t| tls::read_tls(t, base));
+    let redirect_https = match o.uint("redirect_https", 65535) {
+        Some(0) => {
+            o.problem("redirect_https", "must be a port between 1 and 65535");
+            None
+        }
+        Some(_) if has_tls => {
+            o.problem(
+                "redirect_https",
+                "is for plain listeners: a TLS listener cannot redirect to https",
+            );
+            None
+        }
+        Some(p) => Some(p as u16),
+        None => None,
+    };
+    let tls = match tls {
+        Some(None) => return None,
+        Some(Some(t)) => Some(t),
+        None => None,
+    };
     Some((
         ListenerConfig {
             name: name?,
             bind: bind?,
             proxy_protocol,
+            tls,
+            redirect_https,
         },
         o.at_key("bind"),
     ))

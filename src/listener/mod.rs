@@ -1,5 +1,6 @@
 //! Listening sockets: bind, accept under the process-wide connection limit, and serve each
-//! connection with HTTP/1.1 and h2c (prior knowledge) on the same port, draining gracefully
+//! connection with HTTP/1.1 and h2c (prior knowledge) on the same port (over TLS when the
+//! listener has it, h2 then chosen by ALPN), draining gracefully
 //! when the listener is removed or the process stops.
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use crate::app::Shared;
 use crate::proxy::{self, ConnInfo};
 
 pub mod proxy_protocol;
+pub mod tls;
 
 /// Per-listener counters, shared by every worker's accept loop.
 pub struct ListenerStats {
@@ -192,7 +194,7 @@ async fn serve(
     });
     let _ = stream.set_nodelay(true);
     if !stats.proxy_protocol {
-        return serve_http(stream, peer, stats, shared, builder, stop, open).await;
+        return serve_conn(stream, peer, stats, shared, builder, stop, open).await;
     }
     // Behind an L4 balancer: the client is the PROXY header's source. A connection without a
     // valid header in time is closed and counted; it is never served as if it were direct.
@@ -200,13 +202,86 @@ async fn serve(
         Ok((source, rest)) => {
             let client = source.unwrap_or(peer);
             let io = proxy_protocol::Rewind::new(stream, rest);
-            serve_http(io, client, stats, shared, builder, stop, open).await
+            serve_conn(io, client, stats, shared, builder, stop, open).await
         }
         Err(e) => {
             metrics::proxy_protocol_error(&stats.name);
             tracing::debug!(peer = %peer, error = %e, "PROXY protocol header refused; closing");
         }
     }
+}
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection's requests need to know about it besides the peer: its scheme, the
+/// verified client certificate, the listener's header and redirect settings.
+struct ConnExtra {
+    scheme: &'static str,
+    /// Removed from every request; set to `client_subject` when there is one.
+    cert_header: http::HeaderName,
+    client_subject: Option<http::HeaderValue>,
+    hsts: Option<http::HeaderValue>,
+    redirect_https: Option<u16>,
+    /// The connection's place in the counts; the HTTP exchange takes it over.
+    open: Option<Arc<Open>>,
+}
+
+/// Terminate TLS when the listener has it in the current generation (the generation at accept
+/// time decides: a reload applies to new connections), then serve HTTP.
+async fn serve_conn<IO>(
+    io: IO,
+    peer: SocketAddr,
+    stats: Arc<ListenerStats>,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    open: Arc<Open>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tls, redirect_https) = {
+        let state = shared.state.load();
+        (
+            state.tls_for(&stats.name),
+            state.listener_config(&stats.name).and_then(|l| l.redirect_https),
+        )
+    };
+    let Some(tls) = tls else {
+        let extra = ConnExtra {
+            scheme: "http",
+            cert_header: http::HeaderName::from_static(crate::config::tls::DEFAULT_CLIENT_CERT_HEADER),
+            client_subject: None,
+            hsts: None,
+            redirect_https,
+            open: Some(open),
+        };
+        return serve_http(io, peer, stats, shared, builder, stop, extra).await;
+    };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tls.handshake_errors.increment(1);
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tls.handshake_errors.increment(1);
+            tracing::debug!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    tls.handshakes.increment(1);
+    let extra = ConnExtra {
+        scheme: "https",
+        cert_header: tls.client_cert_header.clone(),
+        client_subject: tls::client_subject(stream.get_ref().1),
+        hsts: tls.hsts.clone(),
+        redirect_https: None,
+        open: Some(open),
+    };
+    drop(tls);
+    serve_http(stream, peer, stats, shared, builder, stop, extra).await
 }
 
 /// How long an L4 balancer may take to send the PROXY header.
@@ -219,21 +294,43 @@ async fn serve_http<IO>(
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
-    open: Arc<Open>,
+    mut extra: ConnExtra,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut info = ConnInfo::new(stats.name.clone(), peer, "http");
-    info.hold = Some(open);
+    let mut info = ConnInfo::new(stats.name.clone(), peer, extra.scheme);
+    info.hold = extra.open.take().map(|o| o as Arc<dyn std::any::Any + Send + Sync>);
     let info = Arc::new(info);
     let svc_shared = shared.clone();
     let seen_request = Arc::new(AtomicBool::new(false));
     let seen = seen_request.clone();
-    let svc = service_fn(move |req| {
+    let extra = Arc::new(extra);
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         seen.store(true, Ordering::Relaxed);
         let info = info.clone();
+        let extra = extra.clone();
         let state = svc_shared.state.load_full();
-        async move { Ok::<_, Infallible>(proxy::handle(req, &info, state).await) }
+        // The client-certificate header comes from the handshake only, never from the client.
+        let headers = req.headers_mut();
+        while headers.remove(&extra.cert_header).is_some() {}
+        if let Some(subject) = &extra.client_subject {
+            headers.insert(extra.cert_header.clone(), subject.clone());
+        }
+        async move {
+            if let Some(port) = extra.redirect_https {
+                // Counted like requests that matched no route (route ""); not access-logged.
+                let resp = proxy::redirect_https(&req, port);
+                metrics::unrouted(&info.listener, metrics::class_index(resp.status().as_u16()));
+                return Ok::<_, Infallible>(resp);
+            }
+            let mut resp = proxy::handle(req, &info, state).await;
+            if let Some(hsts) = &extra.hsts {
+                resp.headers_mut()
+                    .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert_with(|| hsts.clone());
+            }
+            Ok(resp)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);

@@ -154,6 +154,51 @@ impl Drop for ResponseBody {
     }
 }
 
+/// A plain listener's `redirect_https`: 308 to the same host, path and query over https on
+/// `port` (no port in the URL when it is 443). A request without a usable host gets 400.
+pub fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
+    let host = req.uri().host().map(str::to_string).or_else(|| {
+        let h = req.headers().get(header::HOST)?.to_str().ok()?;
+        let authority: http::uri::Authority = h.parse().ok()?;
+        Some(authority.host().to_string())
+    });
+    let plain = |status: StatusCode, body: ProxyBody| {
+        let mut r = Response::new(ResponseBody {
+            inner: body,
+            finish: None,
+        });
+        *r.status_mut() = status;
+        r
+    };
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        let mut r = plain(
+            StatusCode::BAD_REQUEST,
+            ProxyBody::text("400 a Host header is required\n"),
+        );
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return r;
+    };
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            let mut r = plain(StatusCode::PERMANENT_REDIRECT, ProxyBody::Empty);
+            r.headers_mut().insert(header::LOCATION, v);
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            r
+        }
+        Err(_) => plain(StatusCode::BAD_REQUEST, ProxyBody::text("400 bad request target\n")),
+    }
+}
+
 /// Serve one request against one generation.
 pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) -> Response<ResponseBody> {
     let started = Instant::now();
@@ -194,7 +239,8 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
 
     // A target that is neither a path nor "*" (for OPTIONS) is not one a backend should see.
     let path = parts.uri.path();
-    if !path.starts_with('/') && !(parts.method == http::Method::OPTIONS && path == "*") {
+    let asterisk = parts.method == http::Method::OPTIONS && path == "*";
+    if !(path.starts_with('/') || asterisk) {
         return respond_error(
             ProxyError::BadRequest("bad request target"),
             state,
