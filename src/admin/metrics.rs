@@ -348,3 +348,35 @@ pub fn tls_handshake_errors(listener: &str) -> Counter {
 pub fn set_cert_not_after(certificate: &str, unix: i64) {
     gauge!(TLS_CERT_NOT_AFTER, "certificate" => certificate.to_string()).set(unix as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric name gets a HELP line: a metric without one fails `promtool check metrics`,
+    /// and an edit that adds a name but misses `describe` is easy to make.
+    #[test]
+    fn every_metric_name_is_described() {
+        let src = include_str!("metrics.rs");
+        let describe_start = src.find("fn describe()").expect("describe");
+        let describe_end = describe_start + src[describe_start..].find("\n}\n").expect("end of describe");
+        let describe = &src[describe_start..describe_end];
+        let names: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter(|l| l.contains("\"waypost_"))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        assert!(names.len() > 20, "{names:?}");
+        let missing: Vec<&&str> = names.iter().filter(|n| !describe.contains(**n)).collect();
+        assert!(missing.is_empty(), "metrics without a description: {missing:?}");
+    }
+
+    #[test]
+    fn status_classes_cover_every_status() {
+        assert_eq!(super::class_index(101), 0);
+        assert_eq!(super::class_index(204), 1);
+        assert_eq!(super::class_index(308), 2);
+        assert_eq!(super::class_index(431), 3);
+        assert_eq!(super::class_index(504), 4);
+        assert_eq!(super::class_index(999), 4);
+    }
+}
