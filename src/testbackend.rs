@@ -4,7 +4,8 @@
 //!
 //! Per-request controls (request headers): `x-test-status: 503`, `x-test-delay: 250ms`,
 //! `x-test-echo: 1` (stream the request body back), `x-test-trailers: 1` (a chunked response
-//! with a trailer). `GET /bytes/N` streams N bytes. `Upgrade: websocket` gets a WebSocket echo.
+//! with a trailer), `content-type: application/grpc` (trailers `grpc-status: 0` and
+//! `grpc-message`). `GET /bytes/N` streams N bytes. `Upgrade: websocket` gets a WebSocket echo.
 //! Whole-backend behaviour: [`TestBackend::set_mode`].
 
 use std::convert::Infallible;
@@ -78,7 +79,41 @@ impl TestBackend {
             mode: Mutex::new(Mode::Normal),
             headers: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(accept(listener, inner.clone()));
+        let task = tokio::spawn(accept(listener, inner.clone(), None));
+        Ok(TestBackend { addr, inner, task })
+    }
+
+    /// Start on 127.0.0.1 with a free port, serving TLS with this PEM certificate chain and key.
+    /// ALPN offers h2 and http/1.1 when `h2` is set, else only http/1.1.
+    pub async fn start_tls(name: &str, cert_pem: &str, key_pem: &str, h2: bool) -> std::io::Result<TestBackend> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(&e))?;
+        cfg.alpn_protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            hits: AtomicU64::new(0),
+            mode: Mutex::new(Mode::Normal),
+            headers: Mutex::new(Vec::new()),
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let task = tokio::spawn(accept(listener, inner.clone(), Some(acceptor)));
         Ok(TestBackend { addr, inner, task })
     }
 
@@ -112,7 +147,7 @@ impl TestBackend {
     }
 }
 
-async fn accept(listener: TcpListener, inner: Arc<Inner>) {
+async fn accept(listener: TcpListener, inner: Arc<Inner>, tls: Option<tokio_rustls::TlsAcceptor>) {
     // Connections live in this set: aborting the accept task aborts them all.
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -128,11 +163,20 @@ async fn accept(listener: TcpListener, inner: Arc<Inner>) {
         };
         let _ = stream.set_nodelay(true);
         let inner = inner.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| handle(req, inner.clone()));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    }
+                }
+            }
         });
     }
 }
@@ -198,6 +242,10 @@ async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respon
         return Ok(r);
     }
     let trailers = req.headers().get("x-test-trailers").is_some();
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (parts, mut body) = req.into_parts();
     let mut body_bytes = 0u64;
     let mut got_trailers = serde_json::Map::new();
@@ -226,6 +274,7 @@ async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respon
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
+        "authority": parts.uri.authority().map(|a| a.as_str()),
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "body_bytes": body_bytes,
@@ -233,7 +282,15 @@ async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respon
     });
     let mut text = serde_json::to_vec(&info)?;
     text.push(b'\n');
-    let body = if trailers {
+    let body = if grpc {
+        // gRPC-style: the status travels in trailers.
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        t.insert("grpc-message", HeaderValue::from_static("ok"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from(text))), Ok(Frame::trailers(t))];
+        StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    } else if trailers {
         let mut t = HeaderMap::new();
         t.insert("x-checksum", HeaderValue::from_str(&format!("{}", text.len()))?);
         let frames: Vec<Result<Frame<Bytes>, BoxError>> =
@@ -244,8 +301,10 @@ async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respon
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if grpc { "application/grpc" } else { "application/json" }),
+    );
     r.headers_mut().insert("x-backend", HeaderValue::from_str(&inner.name)?);
     if trailers {
         r.headers_mut()

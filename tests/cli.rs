@@ -997,8 +997,6 @@ const LATER_KEYS: &[[&str; 4]] = &[
     ["top", "[server]\nidle_timeout = \"60s\"", "server.idle_timeout", "idle_timeout"],
     ["top", "[server]\nmax_header_bytes = \"64KiB\"", "server.max_header_bytes", "max_header_bytes"],
     ["top", "[server]\nmax_body_bytes = \"0\"", "server.max_body_bytes", "max_body_bytes"],
-    ["pool", "tls = true", "pool[0].tls", "tls = true"],
-    ["pool", "ca_file = \"/etc/waypost/backend-ca.pem\"", "pool[0].ca_file", "ca_file"],
     ["route", "[route.cache]\ndefault_ttl = \"0s\"", "route[0].cache", "[route.cache]"],
 ];
 
@@ -1153,6 +1151,53 @@ fn tls_and_redirect_keys_are_validated() {
     ];
     for (listener, want) in cases {
         let toml = config("", &listener, "", "");
+        let r = check_in(d, &toml);
+        assert_eq!(r.code, Some(1), "{toml}\n{}", r.all());
+        assert!(
+            r.problems().iter().any(|p| p.starts_with(&want)),
+            "expected {want:?} in:\n{}",
+            r.all()
+        );
+        assert_eq!(r.problems().len(), 1, "one problem expected:\n{}", r.all());
+    }
+}
+
+#[test]
+fn upstream_tls_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(d.join("garbage.pem"), "not pem\n").unwrap();
+    let path = |n: &str| d.join(n).display().to_string();
+    for pool in [
+        format!("tls = true\nca_file = \"{}\"", path("ca.pem")),
+        "tls = false".to_string(),
+    ] {
+        let toml = config("", "", &pool, "");
+        assert_ok(&check_in(d, &toml));
+    }
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!("tls = true\nca_file = \"{}\"", path("missing.pem")),
+            format!("pool[0].ca_file: cannot read {}", path("missing.pem")),
+        ),
+        (
+            format!("tls = true\nca_file = \"{}\"", path("garbage.pem")),
+            format!("pool[0].ca_file: {}: no PEM certificate found", path("garbage.pem")),
+        ),
+        (
+            format!("ca_file = \"{}\"", path("ca.pem")),
+            "pool[0].ca_file: only applies with tls = true".into(),
+        ),
+        (
+            format!("tls = false\nca_file = \"{}\"", path("ca.pem")),
+            "pool[0].ca_file: only applies with tls = true".into(),
+        ),
+        ("tls = \"yes\"".into(), "pool[0].tls: expected a boolean".into()),
+    ];
+    for (pool, want) in cases {
+        let toml = config("", "", &pool, "");
         let r = check_in(d, &toml);
         assert_eq!(r.code, Some(1), "{toml}\n{}", r.all());
         assert!(

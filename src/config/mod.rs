@@ -203,6 +203,8 @@ pub struct PoolConfig {
     pub queue_timeout: Duration,
     /// Requests that may wait for a slot, per backend.
     pub queue_size: u32,
+    /// `tls = true`: TLS to the backends, verified against `ca_file` or the system roots.
+    pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -341,7 +343,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let listeners: Vec<_> = listener_objs.iter().filter_map(|o| read_listener(o, base)).collect();
 
     let pool_objs = root.objs("pool");
-    let pools: Vec<_> = pool_objs.iter().filter_map(read_pool).collect();
+    let pools: Vec<_> = pool_objs.iter().filter_map(|o| read_pool(o, base)).collect();
 
     let route_objs = root.objs("route");
     let routes: Vec<(RouteConfig, RouteAt)> = route_objs.iter().filter_map(read_route).collect();

@@ -2,14 +2,17 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::reader::{At, Obj};
 use super::{check_name, positive_duration, BackendAddress, BackendConfig, Balance, HashKey, PoolConfig};
 use crate::health::probe::{parse_status_ranges, HealthCheck};
 use crate::health::Passive;
+use crate::upstream::tls::UpstreamTls;
 
-pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
+pub(super) fn read_pool(o: &Obj, base: Option<&Path>) -> Option<(PoolConfig, At)> {
     let name = o.req_str("name");
     if let Some(n) = &name {
         check_name(o, "name", n);
@@ -61,10 +64,7 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
     let connect_timeout = positive_duration(o, "connect_timeout", Duration::from_secs(2));
     let response_timeout = positive_duration(o, "response_timeout", Duration::from_secs(30));
     let retries = o.uint("retries", 10).unwrap_or(1) as u32;
-    if o.bool("tls") == Some(true) {
-        o.problem("tls", "not supported yet (upstream TLS arrives with TLS termination)");
-    }
-    o.unsupported("ca_file", "upstream TLS arrives with TLS termination");
+    let tls = read_upstream_tls(o, base);
     let datacenter = o.str("datacenter");
     let hash_key = o.str("hash_key").and_then(|k| match parse_hash_key(&k) {
         Ok(v) => Some(v),
@@ -140,9 +140,36 @@ pub(super) fn read_pool(o: &Obj) -> Option<(PoolConfig, At)> {
             max_connections_per_backend,
             queue_timeout,
             queue_size,
+            tls,
         },
         o.at(),
     ))
+}
+
+/// `tls` and `ca_file`: the CA bundle is read and parsed now, so a bad one is a config error.
+/// A relative `ca_file` is taken from the config file's directory, like every other path.
+fn read_upstream_tls(o: &Obj, base: Option<&Path>) -> Option<Arc<UpstreamTls>> {
+    let tls = o.bool("tls").unwrap_or(false);
+    let ca_file = o.str("ca_file");
+    if !tls {
+        if ca_file.is_some() {
+            o.problem("ca_file", "only applies with tls = true");
+        }
+        return None;
+    }
+    if ca_file.as_deref() == Some("") {
+        o.problem("ca_file", "must not be empty (remove it to use the system roots)");
+        return None;
+    }
+    let key = if ca_file.is_some() { "ca_file" } else { "tls" };
+    let ca_path = ca_file.as_deref().map(|f| super::resolve(base, f));
+    match UpstreamTls::load(ca_path.as_deref()) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            o.problem(key, e);
+            None
+        }
+    }
 }
 
 fn read_health(h: &Obj) -> HealthCheck {

@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use super::{now_ms, Flip};
 use crate::proxy::body::ProxyBody;
 use crate::state::State;
-use crate::upstream::{self, Backend};
+use crate::upstream::Backend;
 
 /// A pool's `[pool.health]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,8 @@ async fn probe_once(backend: &Backend, cfg: &HealthCheck, conn: &mut Option<Send
         };
         let mut sender = match reusable {
             Some(s) => s,
-            None => upstream::dial(backend.addr, cfg.timeout).await.ok()?,
+            // The backend's own way in: TLS for a `tls = true` pool.
+            None => backend.dial_h1(cfg.timeout).await.ok()?,
         };
         let mut req = Request::get(cfg.path.as_str()).body(ProxyBody::Empty).ok()?;
         let host = match &cfg.host {

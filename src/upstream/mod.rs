@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 pub mod budget;
 pub mod dns;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -28,6 +30,7 @@ use crate::health::probe::HealthCheck;
 use crate::health::{self, Health, Passive};
 use crate::proxy::body::ProxyBody;
 use budget::RetryBudget;
+use tls::BackendTls;
 
 /// Idle upstream connections older than this are closed rather than reused: many servers drop
 /// idle keep-alive connections after a few seconds, and a request written into a connection the
@@ -61,6 +64,14 @@ struct Idle {
     since: Instant,
 }
 
+/// One worker's connections to a backend: idle HTTP/1.1 ones, and the HTTP/2 one (TLS
+/// backends that offer h2), which stays here while it is open and carries many requests.
+#[derive(Default)]
+struct Shard {
+    h1: Vec<Idle>,
+    h2: Option<http2::SendRequest<ProxyBody>>,
+}
+
 /// One backend address. Survives reloads (matched by pool name and address) so its counters,
 /// health and idle connections carry over.
 pub struct Backend {
@@ -75,8 +86,10 @@ pub struct Backend {
     /// Requests waiting for a connection slot.
     pub queued: AtomicUsize,
     pub health: Health,
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    idle: Box<[Mutex<Shard>]>,
     pub metrics: BackendMetrics,
+    /// TLS to this backend (the pool has `tls = true`).
+    pub tls: Option<BackendTls>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -90,6 +103,10 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     pub fn new(pool: &str, addr: SocketAddr) -> Backend {
+        Self::with_tls(pool, addr, None)
+    }
+
+    pub fn with_tls(pool: &str, addr: SocketAddr, tls: Option<BackendTls>) -> Backend {
         let label: Arc<str> = addr.to_string().into();
         let shards = SHARDS.load(Ordering::Relaxed);
         Backend {
@@ -101,7 +118,8 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             health: Health::default(),
-            idle: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            tls,
         }
     }
 
@@ -115,12 +133,15 @@ impl Backend {
     }
 
     pub fn idle_connections(&self) -> usize {
-        self.idle.iter().map(|s| s.lock().map(|v| v.len()).unwrap_or(0)).sum()
+        self.idle
+            .iter()
+            .map(|s| s.lock().map(|v| v.h1.len() + usize::from(v.h2.is_some())).unwrap_or(0))
+            .sum()
     }
 
     fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut stack = self.idle[shard(self.idle.len())].lock().ok()?;
-        while let Some(idle) = stack.pop() {
+        let mut shard = self.idle[shard(self.idle.len())].lock().ok()?;
+        while let Some(idle) = shard.h1.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_MAX_AGE {
                 return Some(idle.sender);
             }
@@ -132,13 +153,43 @@ impl Backend {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut stack) = self.idle[shard(self.idle.len())].lock() {
-            if stack.len() < IDLE_MAX {
-                stack.push(Idle {
+        if let Ok(mut shard) = self.idle[shard(self.idle.len())].lock() {
+            if shard.h1.len() < IDLE_MAX {
+                shard.h1.push(Idle {
                     sender,
                     since: Instant::now(),
                 });
             }
+        }
+    }
+}
+
+impl Backend {
+    /// This worker's HTTP/2 connection, while it is open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut shard = self.idle[shard(self.idle.len())].lock().ok()?;
+        match &shard.h2 {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                shard.h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn set_h2(&self, sender: Option<http2::SendRequest<ProxyBody>>) {
+        if let Ok(mut shard) = self.idle[shard(self.idle.len())].lock() {
+            shard.h2 = sender;
+        }
+    }
+
+    /// A new HTTP/1.1 connection to this backend, over TLS when the pool has `tls = true`
+    /// (offering only http/1.1): for health checks.
+    pub async fn dial_h1(&self, timeout: Duration) -> Result<SendRequest<ProxyBody>, ProxyError> {
+        match &self.tls {
+            None => dial(self.addr, timeout).await,
+            Some(t) => handshake_h1(t.connect(self.addr, timeout, true).await?).await,
         }
     }
 }
@@ -229,29 +280,45 @@ impl Pool {
         let now = health::now_ms();
         let max = cfg.max_connections_per_backend as usize;
         // Host names expand to every address they resolve to, with the name's weight.
-        let mut addrs: Vec<(SocketAddr, u32)> = Vec::with_capacity(cfg.backends.len());
+        let mut addrs: Vec<(SocketAddr, u32, Option<&str>)> = Vec::with_capacity(cfg.backends.len());
         for b in &cfg.backends {
-            let expanded: Vec<SocketAddr> = match &b.address {
-                BackendAddress::Ip(a) => vec![*a],
-                BackendAddress::Name { host, port } => resolved
-                    .get(host)
-                    .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect())
-                    .unwrap_or_default(),
+            let (expanded, host): (Vec<SocketAddr>, _) = match &b.address {
+                BackendAddress::Ip(a) => (vec![*a], None),
+                BackendAddress::Name { host, port } => (
+                    resolved
+                        .get(host)
+                        .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect())
+                        .unwrap_or_default(),
+                    Some(host.as_str()),
+                ),
             };
             for a in expanded {
-                if !addrs.iter().any(|(x, _)| *x == a) {
-                    addrs.push((a, b.weight));
+                if !addrs.iter().any(|(x, _, _)| *x == a) {
+                    addrs.push((a, b.weight, host));
                 }
             }
         }
         let mut members = Vec::with_capacity(addrs.len());
         let mut slots = Vec::with_capacity(addrs.len());
-        for &(addr, _) in &addrs {
-            let prev = previous.and_then(|p| p.members.iter().position(|m| m.addr == addr).map(|i| (p, i)));
+        for &(addr, _, host) in &addrs {
+            let tls = cfg.tls.as_ref().map(|t| BackendTls::new(t.clone(), host, addr));
+            // A backend carries over only when it is reached the same way (plain, or TLS with
+            // the same roots and name).
+            let same_way = |m: &Backend| match (&m.tls, &tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_as(b),
+                _ => false,
+            };
+            let prev = previous.and_then(|p| {
+                p.members
+                    .iter()
+                    .position(|m| m.addr == addr && same_way(m))
+                    .map(|i| (p, i))
+            });
             let backend = match prev {
                 Some((p, i)) => p.members[i].clone(),
                 None => {
-                    let nb = Backend::new(&cfg.name, addr);
+                    let nb = Backend::with_tls(&cfg.name, addr, tls);
                     // A backend joining a running pool ramps up under slow_start; the backends of
                     // a new pool all start together, so none of them ramps.
                     nb.health.mark_up_since(if previous.is_some() { now } else { 0 });
@@ -266,7 +333,7 @@ impl Pool {
             members.push(backend);
             slots.push(slot);
         }
-        let weights: Vec<u32> = addrs.iter().map(|(_, w)| *w).collect();
+        let weights: Vec<u32> = addrs.iter().map(|(_, w, _)| *w).collect();
         let ring = (cfg.balance == Balance::ConsistentHash).then(|| {
             let ids: Vec<(u64, u32)> = members.iter().zip(&weights).map(|(m, w)| (m.id, *w)).collect();
             HashTable::new(&ids)
@@ -564,7 +631,7 @@ pub async fn forward(
                 let status = resp.status().as_u16();
                 backend.metrics.response(class_index(status));
                 pool.record_outcome(idx, status < 500);
-                lease.conn = Some(conn);
+                lease.conn = conn;
                 return Ok((resp, lease));
             }
             Err((err, returned)) => {
@@ -597,13 +664,16 @@ async fn send(
     pool: &Pool,
     backend: &Backend,
     mut req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, SendRequest<ProxyBody>), SendFailure> {
+) -> Result<(Response<Incoming>, Option<SendRequest<ProxyBody>>), SendFailure> {
+    if let Some(t) = &backend.tls {
+        return send_tls(pool, backend, t, req).await;
+    }
     while let Some(mut sender) = backend.take_idle() {
         if sender.ready().await.is_err() {
             continue;
         }
         match exchange(pool, &mut sender, req).await {
-            Ok(resp) => return Ok((resp, sender)),
+            Ok(resp) => return Ok((resp, Some(sender))),
             // Not written: the idle connection went away under us; use a fresh one.
             Err((_, Some(r))) => req = r,
             Err(e) => return Err(e),
@@ -614,7 +684,120 @@ async fn send(
         Err(e) => return Err((e, Some(req))),
     };
     let resp = exchange(pool, &mut sender, req).await?;
-    Ok((resp, sender))
+    Ok((resp, Some(sender)))
+}
+
+/// One attempt on a TLS backend: this worker's HTTP/2 connection if there is one, else an idle
+/// HTTP/1.1 one, else a new connection, HTTP/2 when the backend picks h2 by ALPN. Upgrades
+/// (WebSocket) need HTTP/1.1 and never use or open an HTTP/2 connection.
+async fn send_tls(
+    pool: &Pool,
+    backend: &Backend,
+    tls: &BackendTls,
+    mut req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Option<SendRequest<ProxyBody>>), SendFailure> {
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    if !upgrade {
+        if let Some(sender) = backend.shared_h2() {
+            match exchange_h2(pool, sender, req).await {
+                Ok(resp) => return Ok((resp, None)),
+                // Not sent: the connection is going away; open a new one.
+                Err((_, Some(r))) => {
+                    backend.set_h2(None);
+                    req = r;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    while let Some(mut sender) = backend.take_idle() {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match exchange(pool, &mut sender, req).await {
+            Ok(resp) => return Ok((resp, Some(sender))),
+            Err((_, Some(r))) => req = r,
+            Err(e) => return Err(e),
+        }
+    }
+    let stream = match tls.connect(backend.addr, pool.connect_timeout, upgrade).await {
+        Ok(s) => s,
+        Err(e) => return Err((e, Some(req))),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let sender = match handshake_h2(stream).await {
+            Ok(s) => s,
+            Err(e) => return Err((e, Some(req))),
+        };
+        backend.set_h2(Some(sender.clone()));
+        let resp = exchange_h2(pool, sender, req).await?;
+        return Ok((resp, None));
+    }
+    let mut sender = match handshake_h1(stream).await {
+        Ok(s) => s,
+        Err(e) => return Err((e, Some(req))),
+    };
+    let resp = exchange(pool, &mut sender, req).await?;
+    Ok((resp, Some(sender)))
+}
+
+/// Send on an HTTP/2 connection: the request goes as HTTP/2 with :scheme https and :authority
+/// from its Host (which is then not sent as a header). A request that comes back unsent is
+/// restored for HTTP/1.1.
+async fn exchange_h2(
+    pool: &Pool,
+    mut sender: http2::SendRequest<ProxyBody>,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, SendFailure> {
+    let plain_uri = req.uri().clone();
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    if let Some(authority) = authority {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(
+            plain_uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+    // HTTP/2 carries the host in :authority; some servers (nginx before 1.25) refuse a request
+    // with a Host header as well.
+    let host = match req.uri().authority() {
+        Some(_) => req.headers_mut().remove(http::header::HOST),
+        None => None,
+    };
+    *req.version_mut() = http::Version::HTTP_2;
+    let restore = |mut r: Request<ProxyBody>| {
+        *r.uri_mut() = plain_uri.clone();
+        *r.version_mut() = http::Version::HTTP_11;
+        if let Some(h) = &host {
+            r.headers_mut().insert(http::header::HOST, h.clone());
+        }
+        r
+    };
+    if let Err(e) = sender.ready().await {
+        return Err((ProxyError::UpstreamBroken(e), Some(restore(req))));
+    }
+    match tokio::time::timeout(pool.response_timeout, sender.try_send_request(req)).await {
+        Err(_) => Err((ProxyError::UpstreamTimeout, None)),
+        Ok(Ok(mut resp)) => {
+            // What goes on to the client is its own protocol's concern.
+            *resp.version_mut() = http::Version::HTTP_11;
+            Ok(resp)
+        }
+        Ok(Err(mut e)) => {
+            let returned = e.take_message().map(restore);
+            Err((ProxyError::UpstreamBroken(e.into_error()), returned))
+        }
+    }
 }
 
 async fn exchange(
@@ -640,14 +823,40 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Pro
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
+    handshake_h1(stream).await
+}
+
+/// HTTP/1.1 over an open connection. Its driver task runs on the current runtime.
+async fn handshake_h1<T>(io: T) -> Result<SendRequest<ProxyBody>, ProxyError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .writev(false)
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(ProxyError::UpstreamBroken)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::trace!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// HTTP/2 over an open TLS connection (ALPN h2). The driver task ends when the backend closes
+/// the connection or every sender is dropped.
+async fn handshake_h2<T>(io: T) -> Result<http2::SendRequest<ProxyBody>, ProxyError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ProxyError::UpstreamBroken)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "upstream h2 connection ended");
         }
     });
     Ok(sender)
