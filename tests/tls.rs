@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,79 +16,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::pki::{Ca, Leaf};
 use support::*;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// A test certificate authority.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
-    /// A leaf certificate for `names` (server) or with `cn` as a client; returns (cert PEM, key PEM, DER).
-    fn issue(&self, names: &[&str], cn: &str, client: bool, alg: &'static rcgen::SignatureAlgorithm) -> Leaf {
-        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Waypost Tests");
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate_for(alg).unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-impl Leaf {
-    fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let c = dir.join(format!("{name}.crt"));
-        let k = dir.join(format!("{name}.key"));
-        std::fs::write(&c, &self.cert_pem).unwrap();
-        std::fs::write(&k, &self.key_pem).unwrap();
-        (c, k)
-    }
-
-    fn client_auth(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        (
-            vec![self.der.clone()],
-            PrivateKeyDer::try_from(self.key_der.clone()).unwrap(),
-        )
-    }
-}
 
 fn ecdsa() -> &'static rcgen::SignatureAlgorithm {
     &rcgen::PKCS_ECDSA_P256_SHA256
@@ -198,9 +130,9 @@ fn toml_path(p: &Path) -> String {
 /// Three server certificates (ECDSA a.test, Ed25519 b.test, ECDSA *.c.test) written to `dir`.
 fn three_certs(ca: &Ca, dir: &Path) -> (Vec<Leaf>, String) {
     let leaves = vec![
-        ca.issue(&["a.test"], "a.test", false, ecdsa()),
-        ca.issue(&["b.test", "www.b.test"], "b.test", false, &rcgen::PKCS_ED25519),
-        ca.issue(&["*.c.test"], "c.test", false, ecdsa()),
+        ca.leaf(&["a.test"], "a.test", false, ecdsa()),
+        ca.leaf(&["b.test", "www.b.test"], "b.test", false, &rcgen::PKCS_ED25519),
+        ca.leaf(&["*.c.test"], "c.test", false, ecdsa()),
     ];
     let entries: Vec<String> = leaves
         .iter()
@@ -363,9 +295,8 @@ async fn mtls_accepts_a_good_client_refuses_others_and_passes_the_subject() {
     let clients = Ca::new("Clients CA");
     let other = Ca::new("Other CA");
     let dir = tempfile::tempdir().unwrap();
-    let (c, k) = ca.issue(&["a.test"], "a.test", false, ecdsa()).write(dir.path(), "a");
-    let ca_file = dir.path().join("clients.pem");
-    std::fs::write(&ca_file, clients.cert.pem()).unwrap();
+    let (c, k) = ca.leaf(&["a.test"], "a.test", false, ecdsa()).write(dir.path(), "a");
+    let ca_file = std::path::PathBuf::from(clients.write(dir.path(), "clients.pem"));
     let table = format!(
         "certificates = [{{ cert = \"{}\", key = \"{}\" }}]\nclient_ca = \"{}\"\nclient_cert_header = \"x-client-subject\"",
         toml_path(&c),
@@ -375,7 +306,7 @@ async fn mtls_accepts_a_good_client_refuses_others_and_passes_the_subject() {
     let p = Proxy::start(&config(backend.addr, &table, "", ""));
     let addr = p.listeners["https"];
 
-    let alice = clients.issue(&[], "alice", true, ecdsa());
+    let alice = clients.leaf(&[], "alice", true, ecdsa());
     let s = connect(addr, client_config(&ca.der(), &[], Some(alice.client_auth())), "a.test")
         .await
         .unwrap();
@@ -393,7 +324,7 @@ async fn mtls_accepts_a_good_client_refuses_others_and_passes_the_subject() {
     assert!(!subject.contains("mallory"), "{e}");
 
     // Without a certificate, and with one from another CA: no request gets through.
-    for auth in [None, Some(other.issue(&[], "eve", true, ecdsa()).client_auth())] {
+    for auth in [None, Some(other.leaf(&[], "eve", true, ecdsa()).client_auth())] {
         let had = auth.is_some();
         let refused = match connect(addr, client_config(&ca.der(), &[], auth), "a.test").await {
             Err(_) => true,
@@ -445,7 +376,7 @@ async fn a_reload_swaps_the_certificate_for_new_clients_and_keeps_open_connectio
     let backend = TestBackend::start("b1").await.unwrap();
     let ca = Ca::new("Test CA");
     let dir = tempfile::tempdir().unwrap();
-    let first = ca.issue(&["a.test"], "a.test", false, ecdsa());
+    let first = ca.leaf(&["a.test"], "a.test", false, ecdsa());
     let (c, k) = first.write(dir.path(), "a");
     let table = format!(
         "certificates = [{{ cert = \"{}\", key = \"{}\" }}]",
@@ -472,7 +403,7 @@ async fn a_reload_swaps_the_certificate_for_new_clients_and_keeps_open_connectio
     assert_eq!(peer_cert(&s), first.der);
 
     // A good new certificate: new clients see it; the open connection keeps working.
-    let second = ca.issue(&["a.test"], "a.test", false, &rcgen::PKCS_ED25519);
+    let second = ca.leaf(&["a.test"], "a.test", false, &rcgen::PKCS_ED25519);
     std::fs::write(&k, &second.key_pem).unwrap();
     std::fs::write(&c, &second.cert_pem).unwrap();
     let out = post_reload(&p).await;
@@ -491,7 +422,7 @@ async fn changed_certificate_files_are_picked_up_without_a_reload_request() {
     let backend = TestBackend::start("b1").await.unwrap();
     let ca = Ca::new("Test CA");
     let dir = tempfile::tempdir().unwrap();
-    let first = ca.issue(&["a.test"], "a.test", false, ecdsa());
+    let first = ca.leaf(&["a.test"], "a.test", false, ecdsa());
     let (c, k) = first.write(dir.path(), "a");
     let table = format!(
         "certificates = [{{ cert = \"{}\", key = \"{}\" }}]",
@@ -500,7 +431,7 @@ async fn changed_certificate_files_are_picked_up_without_a_reload_request() {
     );
     let p = Proxy::start(&config(backend.addr, &table, "", ""));
     let addr = p.listeners["https"];
-    let second = ca.issue(&["a.test"], "a.test", false, ecdsa());
+    let second = ca.leaf(&["a.test"], "a.test", false, ecdsa());
     // Replace both files by rename, as certificate tools do.
     let (c2, k2) = second.write(dir.path(), "next");
     std::fs::rename(&k2, &k).unwrap();
@@ -524,8 +455,8 @@ async fn changed_certificate_files_are_picked_up_without_a_reload_request() {
 async fn check_refuses_a_key_that_does_not_match_its_certificate() {
     let ca = Ca::new("Test CA");
     let dir = tempfile::tempdir().unwrap();
-    let a = ca.issue(&["a.test"], "a.test", false, ecdsa());
-    let b = ca.issue(&["b.test"], "b.test", false, ecdsa());
+    let a = ca.leaf(&["a.test"], "a.test", false, ecdsa());
+    let b = ca.leaf(&["b.test"], "b.test", false, ecdsa());
     let (c, _) = a.write(dir.path(), "a");
     let (_, k) = b.write(dir.path(), "b");
     let cfg = config(

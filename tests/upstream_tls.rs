@@ -16,44 +16,10 @@ use http::Request;
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
+use support::pki::Ca;
 use support::*;
 use tokio::net::TcpStream;
-
-/// A test certificate authority.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A server certificate for `names` (IP addresses become IP SANs): (cert PEM, key PEM).
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> String {
-        let p = dir.join(name);
-        std::fs::write(&p, self.cert.pem()).unwrap();
-        p.display().to_string()
-    }
-}
 
 async fn tls_backend(ca: &Ca, name: &str, h2: bool) -> TestBackend {
     let (cert, key) = ca.issue(&["127.0.0.1"]);
@@ -267,7 +233,7 @@ async fn grpc_style_exchange_passes_end_to_end_with_trailers() {
     let p = Proxy::start(&config);
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(front.cert.der().to_vec())).unwrap();
+    roots.add(front.der()).unwrap();
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()

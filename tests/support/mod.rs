@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+pub mod pki;
+
 pub use waypost::testbackend::{Mode, TestBackend};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_waypost");
