@@ -26,6 +26,7 @@ fn route(name: String, hosts: Vec<HostMatch>, path: PathMatch, methods: Option<V
         sticky: None,
         split: None,
         pools: vec![],
+        cache: None,
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Record {
     pub error: Option<&'static str>,
     /// For split routes: primary or replica.
     pub target: Option<&'static str>,
+    /// On cached routes: hit, miss, stale, revalidated or bypass.
+    pub cache: Option<&'static str>,
     /// For geo routes: the client's region and the data center that served it.
     pub region: Option<Arc<str>>,
     pub datacenter: Option<Arc<str>>,
@@ -175,6 +177,9 @@ pub fn json_line(s: &mut String, r: &Record) {
     }
     if let Some(t) = r.target {
         let _ = write!(s, ",\"target\":\"{t}\"");
+    }
+    if let Some(c) = r.cache {
+        let _ = write!(s, ",\"cache\":\"{c}\"");
     }
     s.push_str(",\"flags\":[");
     let mut first = true;
@@ -312,6 +317,7 @@ mod tests {
             flags: flags::RETRIED,
             error: None,
             target: None,
+            cache: None,
             region: None,
             datacenter: None,
             user_agent: Some(HeaderValue::from_static("curl/8")),

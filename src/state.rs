@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use crate::accesslog::AccessLog;
 use crate::admin::metrics::{RouteMetrics, StickyMetrics};
+use crate::cache::Cache;
 use crate::config::{Config, GeoConfig, PathMatch, Problem, SplitConfig, StickyConfig};
 use crate::listener::tls::TlsListener;
+use crate::proxy::cache::RouteCache;
 use crate::router::Router;
 use crate::session::SessionKey;
 use crate::upstream::dns::Resolved;
@@ -23,6 +25,8 @@ pub struct Route {
     pub split: Option<Split>,
     /// Geo routes: the pools of `pools = [...]`, in listed order (empty otherwise).
     pub geo_pools: Vec<usize>,
+    /// `[route.cache]`: settings and counters.
+    pub cache: Option<RouteCache>,
 }
 
 /// The geo tables of a generation, by index.
@@ -127,6 +131,9 @@ pub struct State {
     /// Signs sticky and read-your-writes cookies.
     pub session: SessionKey,
     pub geo: Geo,
+    /// The response store, when a route caches. Kept across reloads (emptied only when
+    /// `[cache] max_size` changes or no route caches any more).
+    pub cache: Option<Arc<Cache>>,
 }
 
 impl State {
@@ -172,6 +179,7 @@ impl State {
                     to_replica: crate::admin::metrics::split_counter(&rc.name, "replica"),
                     cfg,
                 }),
+                cache: rc.cache.clone().map(|cfg| RouteCache::new(&rc.name, cfg)),
                 sticky: rc.sticky.clone().map(|cfg| Sticky {
                     cfg,
                     metrics: StickyMetrics::new(&rc.name),
@@ -201,6 +209,22 @@ impl State {
                 }]
             })?;
         let geo = Geo::new(&config, &pools);
+        let cache = if config.routes.iter().any(|r| r.cache.is_some()) {
+            match previous.and_then(|p| p.cache.as_ref()) {
+                Some(c) if c.max_size == config.cache.max_size => {
+                    c.set_max_object_size(config.cache.max_object_size);
+                    Some(c.clone())
+                }
+                prev => {
+                    if prev.is_some() {
+                        tracing::info!("[cache] max_size changed: starting with an empty cache");
+                    }
+                    Some(Arc::new(Cache::new(&config.cache)))
+                }
+            }
+        } else {
+            None
+        };
         let mut problems = Vec::new();
         let listener_tls = config
             .listeners
@@ -238,6 +262,7 @@ impl State {
             access_log,
             session,
             geo,
+            cache,
             config: Arc::new(config),
         })
     }

@@ -37,6 +37,10 @@ pub const ACCESS_LOG_DROPPED_TOTAL: &str = "waypost_access_log_dropped_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "waypost_tls_handshakes_total";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "waypost_tls_handshake_errors_total";
 pub const TLS_CERT_NOT_AFTER: &str = "waypost_tls_cert_not_after_seconds";
+pub const CACHE_REQUESTS_TOTAL: &str = "waypost_cache_requests_total";
+pub const CACHE_BYTES: &str = "waypost_cache_bytes";
+pub const CACHE_ENTRIES: &str = "waypost_cache_entries";
+pub const CACHE_PURGED_TOTAL: &str = "waypost_cache_purged_total";
 
 /// Status classes as label values; index 5 is a transport failure with no status at all.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -169,6 +173,17 @@ fn describe() {
         TLS_HANDSHAKE_ERRORS_TOTAL,
         "TLS handshakes that failed or timed out, by listener."
     );
+    describe_counter!(
+        CACHE_REQUESTS_TOTAL,
+        "Requests on cached routes, by route and result (hit, miss, stale, revalidated, bypass)."
+    );
+    describe_gauge!(
+        CACHE_BYTES,
+        Unit::Bytes,
+        "Memory held by cached responses, headers and bodies (as weighed against [cache] max_size)."
+    );
+    describe_gauge!(CACHE_ENTRIES, "Stored responses (each Vary variant counts).");
+    describe_counter!(CACHE_PURGED_TOTAL, "Stored responses removed by POST /cache/purge.");
     describe_gauge!(
         TLS_CERT_NOT_AFTER,
         Unit::Seconds,
@@ -206,6 +221,20 @@ impl RouteMetrics {
             per[class].increment(1);
         }
     }
+}
+
+/// waypost_cache_requests_total for one route and result.
+pub fn cache_counter(route: &str, result: &'static str) -> Counter {
+    counter!(CACHE_REQUESTS_TOTAL, "route" => route.to_string(), "result" => result)
+}
+
+pub fn cache_purged(n: u64) {
+    counter!(CACHE_PURGED_TOTAL).increment(n);
+}
+
+pub fn set_cache(bytes: u64, entries: u64) {
+    gauge!(CACHE_BYTES).set(bytes as f64);
+    gauge!(CACHE_ENTRIES).set(entries as f64);
 }
 
 /// Requests that matched no route still count, under route "".

@@ -1,5 +1,5 @@
-//! The admin API on [admin].bind: GET /metrics /healthz /readyz /status, POST /reload. POST
-//! endpoints need the bearer token when one is configured.
+//! The admin API on [admin].bind: GET /metrics /healthz /readyz /status, POST /reload
+//! /cache/purge. POST endpoints need the bearer token when one is configured.
 
 pub mod metrics;
 
@@ -94,11 +94,96 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<By
             };
             json_reply(code, serde_json::to_value(&out).unwrap_or_default())
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload") => {
+        (&Method::POST, "/cache/purge") => {
+            if let Some(denied) = check_token(&req, shared) {
+                return denied;
+            }
+            purge(req, shared).await
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/cache/purge") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "404 unknown admin endpoint\n"),
     }
+}
+
+/// `POST /cache/purge` with one of `{"url": "http://host/path?q"}`, `{"prefix": "/assets/"}`,
+/// `{"tag": "t"}` or `{"all": true}`; answers `{"purged": N}`, the stored responses removed.
+async fn purge(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let bad = |msg: String| json_reply(StatusCode::BAD_REQUEST, json!({ "error": msg }));
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return bad(format!("could not read the request body: {e}")),
+    };
+    let what = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => match parse_purge(&v) {
+            Ok(p) => p,
+            Err(e) => return bad(e),
+        },
+        Err(e) => return bad(format!("the body is not JSON: {e}")),
+    };
+    let state = shared.state.load();
+    let Some(cache) = state.cache.as_ref() else {
+        return json_reply(
+            StatusCode::CONFLICT,
+            json!({ "error": "no route has [route.cache]: there is no cache to purge" }),
+        );
+    };
+    let n = cache.purge(&what);
+    metrics::cache_purged(n as u64);
+    tracing::info!(?what, purged = n, "cache purge");
+    json_reply(StatusCode::OK, json!({ "purged": n }))
+}
+
+/// Read a purge request: exactly one of url, prefix, tag or all.
+fn parse_purge(v: &serde_json::Value) -> Result<crate::cache::Purge, String> {
+    use crate::cache::Purge;
+    let obj = v.as_object().ok_or("expected a JSON object")?;
+    if obj.len() != 1 {
+        return Err("expected exactly one of \"url\", \"prefix\", \"tag\" or \"all\"".into());
+    }
+    let (k, val) = obj.iter().next().ok_or("empty object")?;
+    let text = || {
+        val.as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or(format!("\"{k}\" must be a non-empty string"))
+    };
+    match k.as_str() {
+        "url" => {
+            let (host, path) = split_url(text()?)?;
+            Ok(Purge::Url { host, path })
+        }
+        "prefix" => {
+            let (host, prefix) = split_url(text()?)?;
+            Ok(Purge::Prefix { host, prefix })
+        }
+        "tag" => Ok(Purge::Tag(text()?.to_string())),
+        "all" if val.as_bool() == Some(true) => Ok(Purge::All),
+        "all" => Err("\"all\" must be true".into()),
+        other => Err(format!(
+            "unknown key \"{other}\": expected \"url\", \"prefix\", \"tag\" or \"all\""
+        )),
+    }
+}
+
+/// "http://Host:8080/p?q" → (Some("host:8080"), "/p?q"); "/p" → (None, "/p").
+fn split_url(s: &str) -> Result<(Option<String>, String), String> {
+    if s.starts_with('/') {
+        return Ok((None, s.to_string()));
+    }
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("{s:?} is neither a URL like \"https://example.com/path\" nor a path"))?;
+    let host = uri
+        .authority()
+        .ok_or_else(|| format!("{s:?} has no host"))?
+        .as_str()
+        .to_ascii_lowercase();
+    // A prefix keeps exactly what was given; a URL without a path is the root.
+    let rest = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rest = if rest.is_empty() { "/" } else { rest };
+    Ok((Some(host), rest.to_string()))
 }
 
 /// `None` when the request may proceed; else the refusal to send.
@@ -136,6 +221,10 @@ fn refresh_gauges(shared: &Shared) {
         }
     }
     metrics::set_generation(state.generation, shared.last_success());
+    if let Some(c) = &state.cache {
+        c.settle();
+        metrics::set_cache(c.bytes(), c.entries());
+    }
 }
 
 fn backend_status(pool: &Pool, b: &Backend, weight: u32) -> serde_json::Value {
@@ -257,5 +346,11 @@ fn status(shared: &Shared) -> serde_json::Value {
         "geo": geo_status(&state),
         "pools": pools,
         "routes": routes,
+        "cache": state.cache.as_ref().map(|c| json!({
+            "max_size": c.max_size,
+            "max_object_size": c.max_object_size(),
+            "bytes": c.bytes(),
+            "entries": c.entries(),
+        })),
     })
 }

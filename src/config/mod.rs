@@ -1,6 +1,7 @@
 //! The configuration: read a TOML file, check every key and cross-reference, and return either a
 //! `Config` or every problem at once, each with its key path and line.
 
+mod cache;
 mod geo;
 mod pool;
 mod reader;
@@ -16,6 +17,7 @@ use http::Method;
 
 use crate::health::probe::HealthCheck;
 use crate::health::Passive;
+pub use cache::{CacheConfig, RouteCacheConfig};
 pub use geo::{DatacenterConfig, GeoConfig};
 use pool::read_pool;
 use route::{check_shadowed_routes, read_route, RouteAt};
@@ -35,6 +37,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub geo: GeoConfig,
     pub datacenters: Vec<DatacenterConfig>,
+    pub cache: CacheConfig,
     /// Hex digest of the file's bytes, shown in /status to tell generations apart.
     pub hash: String,
 }
@@ -234,6 +237,8 @@ pub struct RouteConfig {
     pub split: Option<SplitConfig>,
     /// Geo routing: the pools of several data centers (`pools = [...]`); empty otherwise.
     pub pools: Vec<String>,
+    /// `[route.cache]`: this route's GET and HEAD responses are cached.
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// `[route.split]`: writes to the primary pool, reads to the replicas.
@@ -332,7 +337,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let geo = geo::read_geo(root.obj("geo"), base);
     let dc_objs = root.objs("datacenter");
     let datacenters: Vec<_> = dc_objs.iter().filter_map(geo::read_datacenter).collect();
-    root.unsupported("cache", "the response cache");
+    let cache = cache::read_cache(root.obj("cache"));
 
     let listener_objs = root.objs("listener");
     // `listener = []` is as empty as no listener at all (a wrong type is reported by `objs`).
@@ -452,6 +457,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         session: session?,
         datacenters: datacenters.into_iter().map(|(d, _)| d).collect(),
         geo: geo?,
+        cache: cache?,
         hash: String::new(),
     })
 }

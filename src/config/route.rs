@@ -159,7 +159,7 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             strict,
         }
     });
-    o.unsupported("cache", "the response cache");
+    let cache = super::cache::read_route_cache(o);
     if pool.is_none() && !o.has("pools") && !o.has("split") {
         o.problem_here("missing required key `pool` (the pool this route sends to)");
     }
@@ -177,6 +177,7 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             pools,
             sticky,
             split,
+            cache,
         },
         RouteAt { name: o.at_key("name") },
     ))

@@ -20,6 +20,8 @@ pub enum ProxyBody {
     Incoming(Incoming),
     /// A backend's response body on its way to the client.
     Upstream(UpstreamBody),
+    /// A backend's response body on its way to the client and into the cache.
+    Caching(Box<super::cache::Tee>),
 }
 
 impl ProxyBody {
@@ -67,6 +69,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Caching(t) => Pin::new(&mut **t).poll_frame(cx),
             ProxyBody::Upstream(u) => match Pin::new(&mut u.body).poll_frame(cx) {
                 Poll::Ready(None) => {
                     if let Some(lease) = u.lease.take() {
@@ -90,6 +93,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Upstream(u) => u.body.is_end_stream(),
+            ProxyBody::Caching(t) => t.is_end_stream(),
         }
     }
 
@@ -99,6 +103,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Upstream(u) => u.body.size_hint(),
+            ProxyBody::Caching(t) => t.size_hint(),
         }
     }
 }

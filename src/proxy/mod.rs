@@ -3,11 +3,12 @@
 //! 1 route → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick + 6 forward
 //! → 7 cache store → 8 respond (headers out; one exit writes the access log and metrics).
 //!
-//! Phases 2, 3 and 7 belong to capabilities still to come; they plug in here, between the
-//! existing steps, without changing the others.
+//! Each capability plugs in as a phase of its own module (geo, cache, split, affinity); this
+//! function only orders them.
 
 pub mod affinity;
 pub mod body;
+pub mod cache;
 pub mod geo;
 pub mod headers;
 pub mod split;
@@ -19,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -224,6 +225,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
             flags: 0,
             error: None,
             target: None,
+            cache: None,
             region: None,
             datacenter: None,
             user_agent: sink
@@ -275,7 +277,25 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         }
         Some(p)
     };
-    // 3 cache lookup: not built yet.
+    // 3 cache lookup: answer from the store, or learn how to go upstream.
+    let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+    let mut pending = None;
+    let mut refresh = None;
+    if let (Some(rc), Some(store)) = (route.cache.as_ref(), state.cache.as_ref()) {
+        let wait_for = state.pools[geo_pool.unwrap_or(route.pool)].response_timeout;
+        match cache::lookup(store, rc, &mut parts, host.as_ref(), upgrade, wait_for).await {
+            cache::Plan::Serve(resp, result) => {
+                rc.count(result);
+                if let Some(l) = log.as_mut() {
+                    l.route = Some(route.name.clone());
+                    l.cache = Some(result.label());
+                }
+                return respond(resp, state, listener, Some(route_idx), started, log);
+            }
+            cache::Plan::Forward(p) => pending = Some(p),
+            cache::Plan::Refresh(resp, p) => refresh = Some((resp, p)),
+        }
+    }
     // 4 target: the route's pool, or for a split route the primary or the replicas.
     let split_target = route.split.as_ref().map(|sp| {
         let t = split::decide(&state, sp, &parts.method, &parts.headers);
@@ -340,7 +360,6 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     }
 
     // 6 forward
-    let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<OnUpgrade>()
     } else {
@@ -356,6 +375,17 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     parts.uri = headers::upstream_uri(&parts.uri, route.strip);
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, ProxyBody::Incoming(body));
+    if let Some((resp, p)) = refresh {
+        // stale-while-revalidate: the client has its answer now; the refresh runs on its own.
+        if let Some(rc) = route.cache.as_ref() {
+            rc.count(cache::CacheResult::Stale);
+        }
+        if let Some(l) = log.as_mut() {
+            l.cache = Some(cache::CacheResult::Stale.label());
+        }
+        tokio::spawn(p.refresh(pool, upstream_req, hint));
+        return respond(resp, state, listener, Some(route_idx), started, log);
+    }
     let replay = Replay::capture(&upstream_req, &pool);
     let mut notes = Attempts::default();
     let result = upstream::forward(&pool, upstream_req, replay, hint, &mut notes).await;
@@ -368,6 +398,21 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(route = %route.name, pool = %pool.name, error = %e, "request failed");
+            if let (Some(p), Some(rc)) = (pending.as_mut(), route.cache.as_ref()) {
+                let stale = p.stale_on_error(None);
+                let result = if stale.is_some() {
+                    cache::CacheResult::Stale
+                } else {
+                    p.result_on_error()
+                };
+                rc.count(result);
+                if let Some(l) = log.as_mut() {
+                    l.cache = Some(result.label());
+                }
+                if let Some(resp) = stale {
+                    return respond(resp, state, listener, Some(route_idx), started, log);
+                }
+            }
             return respond_error(e, state, listener, Some(route_idx), started, log);
         }
     };
@@ -375,11 +420,38 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         l.backend = Some(lease.backend().label.clone());
     }
 
-    // 7 cache store: not built yet.
-    // 8 respond
     let (mut rparts, rbody) = resp.into_parts();
+    let served_by = lease.backend().id;
+    let switching = upgrade && rparts.status == StatusCode::SWITCHING_PROTOCOLS;
+    // 7 cache store: the response goes on (teed into the store when it may be stored), or the
+    // store answers instead (a revalidated or stale-if-error response).
+    let mut lease = Some(lease);
+    let mut body = None;
+    let mut cache_status = None;
+    if !switching {
+        let upstream = ProxyBody::Upstream(UpstreamBody::new(rbody, lease.take().expect("lease")));
+        match (pending, route.cache.as_ref()) {
+            (Some(p), Some(rc)) => {
+                let (answer, result) = p.on_response(&mut rparts, upstream);
+                rc.count(result);
+                if let Some(l) = log.as_mut() {
+                    l.cache = Some(result.label());
+                }
+                match answer {
+                    cache::Answer::Forwarded(b, status) => {
+                        body = Some(b);
+                        cache_status = Some(status);
+                    }
+                    cache::Answer::FromCache(resp) => {
+                        return respond(resp, state, listener, Some(route_idx), started, log);
+                    }
+                }
+            }
+            _ => body = Some(upstream),
+        }
+    }
+    // 8 respond
     if let Some(st) = sticky {
-        let served_by = lease.backend().id;
         if let Some(cookie) = affinity::after_response(&state, st, &pool, affinity, served_by, conn.scheme == "https") {
             rparts.headers.append(header::SET_COOKIE, cookie);
         }
@@ -389,11 +461,13 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
             rparts.headers.append(header::SET_COOKIE, cookie);
         }
     }
-    let switching = upgrade && rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::prepare_response(&mut rparts.headers, switching);
+    if let Some(v) = cache_status {
+        rparts.headers.insert(HeaderName::from_static("cache-status"), v);
+    }
     let body = if switching {
-        match (client_upgrade, rparts.extensions.remove::<OnUpgrade>()) {
-            (Some(down), Some(up)) => {
+        match (client_upgrade, rparts.extensions.remove::<OnUpgrade>(), lease) {
+            (Some(down), Some(up), Some(lease)) => {
                 if let Some(l) = log.as_mut() {
                     l.flags |= flags::UPGRADED;
                 }
@@ -416,7 +490,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
             }
         }
     } else {
-        ProxyBody::Upstream(UpstreamBody::new(rbody, lease))
+        body.unwrap_or(ProxyBody::Empty)
     };
     let status = rparts.status.as_u16();
     if let Some(l) = log.as_mut() {
@@ -490,11 +564,25 @@ fn respond_error(
     started: Instant,
     mut log: Option<Box<Record>>,
 ) -> Response<ResponseBody> {
-    let (parts, body) = error_response(&e).into_parts();
+    if let Some(l) = log.as_mut() {
+        l.error = Some(e.flag());
+    }
+    respond(error_response(&e), state, listener, route, started, log)
+}
+
+/// A response made here (an error, or one from the cache), with the final accounting attached.
+fn respond(
+    resp: Response<ProxyBody>,
+    state: Arc<State>,
+    listener: usize,
+    route: Option<usize>,
+    started: Instant,
+    mut log: Option<Box<Record>>,
+) -> Response<ResponseBody> {
+    let (parts, body) = resp.into_parts();
     let status = parts.status.as_u16();
     if let Some(l) = log.as_mut() {
         l.status = status;
-        l.error = Some(e.flag());
     }
     Response::from_parts(
         parts,

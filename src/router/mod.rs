@@ -182,6 +182,7 @@ mod tests {
             sticky: None,
             split: None,
             pools: vec![],
+            cache: None,
         }
     }
 
