@@ -68,7 +68,7 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {name} on {addr}");
     }
     println!(
-        "\nTry:\n  curl -s http://{listen}/hello            # pool web, round robin 2:1\n  curl -s http://{listen}/api/users        # pool api, /api stripped\n  curl -s -H 'x-test-status: 503' http://{listen}/   # a backend error passed through\n  curl -s http://{admin}/status            # admin: generation, pools, backends\n  curl -s http://{admin}/metrics           # Prometheus metrics\n\nAccess log lines follow below. Ctrl-C stops.\n"
+        "\nTry:\n  curl -s http://{listen}/hello            # pool web, round robin 2:1\n  curl -s http://{listen}/api/users        # pool api, /api stripped\n  curl -s -H 'x-test-status: 503' http://{listen}/   # a backend error passed through\n  curl -si http://{listen}/static/logo.png | grep -i cache-status   # miss, then hit for 30s\n  curl -s http://{admin}/status            # admin: generation, pools, backends\n  curl -s http://{admin}/metrics           # Prometheus metrics\n\nAccess log lines follow below. Ctrl-C stops.\n"
     );
     app::run(cfg, None)
 }

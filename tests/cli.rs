@@ -992,12 +992,10 @@ fn a_toml_syntax_error_is_printed_on_one_line_with_its_line_number() {
 /// text of the line it must point at. (Keys of health checking, which is being built, are not
 /// here; `lag_header` in `[pool.health]` belongs to the read/write split.)
 const LATER_KEYS: &[[&str; 4]] = &[
-    ["top", "[cache]\nmax_size = \"256MiB\"", "cache", "[cache]"],
     ["top", "[server]\nheader_read_timeout = \"10s\"", "server.header_read_timeout", "header_read_timeout"],
     ["top", "[server]\nidle_timeout = \"60s\"", "server.idle_timeout", "idle_timeout"],
     ["top", "[server]\nmax_header_bytes = \"64KiB\"", "server.max_header_bytes", "max_header_bytes"],
     ["top", "[server]\nmax_body_bytes = \"0\"", "server.max_body_bytes", "max_body_bytes"],
-    ["route", "[route.cache]\ndefault_ttl = \"0s\"", "route[0].cache", "[route.cache]"],
 ];
 
 #[test]
@@ -1442,7 +1440,7 @@ path = "nope"
 methods = ["get"]
 pool = "wbe"
 [route.cache]
-default_ttl = "1m"
+default_ttl = "1 fortnight"
 "#;
     let r = check(toml);
     let expected = [
@@ -1467,7 +1465,7 @@ default_ttl = "1m"
         p("route[0].path", line_of(toml, "\"nope\""), "must start with '/'"),
         p("route[0].methods[0]", line_of(toml, "\"get\""), "invalid method"),
         p("route[0].pool", line_of(toml, "\"wbe\""), "unknown pool \"wbe\""),
-        p("route[0].cache", line_of(toml, "[route.cache]"), "not supported yet"),
+        p("route[0].cache.default_ttl", line_of(toml, "1 fortnight"), "invalid duration"),
     ];
     assert_problems(&r, &expected);
     // Listed in the order of the file.
