@@ -182,6 +182,7 @@ pub async fn lookup(
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let key = primary_key(host, pq);
     let method = parts.method.clone();
+    let mut now = SystemTime::now();
     let mut pending = Pending {
         cache: cache.clone(),
         key: Box::default(),
@@ -189,7 +190,7 @@ pub async fn lookup(
         method: method.clone(),
         kind: Kind::Miss,
         req_headers: HeaderMap::new(),
-        request_time: SystemTime::now(),
+        request_time: now,
         flight: None,
         stale: None,
         collapsed: false,
@@ -223,7 +224,6 @@ pub async fn lookup(
     let range = parts.headers.contains_key(header::RANGE);
     let authorized = parts.headers.contains_key(header::AUTHORIZATION);
     loop {
-        let now = SystemTime::now();
         let mut revalidate = None;
         let mut stale = None;
         if let Some(res) = cache.get(&key) {
@@ -312,6 +312,8 @@ pub async fn lookup(
                 Flight::Follower(rx) => {
                     store::wait(rx, wait_for).await;
                     pending.collapsed = true;
+                    now = SystemTime::now();
+                    pending.request_time = now;
                     continue;
                 }
                 Flight::Leader(guard) => pending.flight = Some(guard),
