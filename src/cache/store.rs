@@ -472,3 +472,148 @@ pub fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
 pub fn now() -> SystemTime {
     SystemTime::now()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(body: &'static [u8], vary_key: &[u8], tags: &[&str]) -> Object {
+        let h = HeaderMap::new();
+        let now = SystemTime::now();
+        let facts = EntryFacts::new(&h, Duration::from_secs(60), now, now);
+        Object::new(
+            StatusCode::OK,
+            h,
+            Bytes::from_static(body),
+            facts,
+            vary_key.to_vec(),
+            tags.iter().map(|t| (*t).into()).collect(),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn cache() -> Arc<Cache> {
+        Arc::new(Cache::new(&CacheConfig {
+            max_size: 1 << 20,
+            max_object_size: 1 << 19,
+        }))
+    }
+
+    #[test]
+    fn counts_follow_inserts_replacements_and_removals() {
+        let c = cache();
+        c.store(b"h/a".as_slice().into(), obj(b"one", b"", &[]));
+        c.settle();
+        assert_eq!(c.entries(), 1);
+        let one = c.bytes();
+        assert!(one >= 3 + 3 + (OBJECT_OVERHEAD + ENTRY_OVERHEAD) as u64);
+        // The same variant again replaces it: still one, same weight.
+        c.store(b"h/a".as_slice().into(), obj(b"two", b"", &[]));
+        c.settle();
+        assert_eq!((c.entries(), c.bytes()), (1, one));
+        // Variants of one URL count one each.
+        c.store(b"h/v".as_slice().into(), obj(b"gz", b"accept-encoding:gzip\n", &["t"]));
+        c.store(
+            b"h/v".as_slice().into(),
+            obj(b"br", b"accept-encoding:br\n", &["t", "u"]),
+        );
+        c.settle();
+        assert_eq!(c.entries(), 3);
+        let res = c.get(b"h/v").unwrap();
+        assert_eq!(res.variants.len(), 2);
+        assert_eq!(&*res.variant(b"accept-encoding:br\n").unwrap().body, b"br");
+        // A refreshed variant replaces exactly the old one.
+        let old = res.variant(b"accept-encoding:gzip\n").unwrap().clone();
+        let fresh = Arc::new(old.refreshed(HeaderMap::new(), old.facts.clone(), old.keep));
+        c.replace(b"h/v", &old, fresh.clone());
+        let res = c.get(b"h/v").unwrap();
+        assert!(Arc::ptr_eq(res.variant(b"accept-encoding:gzip\n").unwrap(), &fresh));
+        // Replacing a variant that is no longer there changes nothing.
+        c.replace(b"h/v", &old, Arc::new(obj(b"stale", b"accept-encoding:gzip\n", &[])));
+        assert!(Arc::ptr_eq(
+            c.get(b"h/v").unwrap().variant(b"accept-encoding:gzip\n").unwrap(),
+            &fresh
+        ));
+        c.settle();
+        assert_eq!(c.entries(), 3);
+        // Purge by tag removes only the tagged variants.
+        assert_eq!(c.purge(&Purge::Tag("u".into())), 1);
+        c.settle();
+        assert_eq!(c.entries(), 2);
+        assert_eq!(c.invalidate(b"h/v"), 1);
+        assert_eq!(c.purge(&Purge::All), 1);
+        c.settle();
+        assert_eq!((c.entries(), c.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_pass_marker_never_hides_a_stored_response() {
+        let c = cache();
+        c.mark_pass(b"h/p");
+        assert!(c.get(b"h/p").unwrap().pass_until.is_some());
+        c.store(b"h/p".as_slice().into(), obj(b"now cacheable", b"", &[]));
+        let res = c.get(b"h/p").unwrap();
+        assert!(res.pass_until.is_none());
+        c.mark_pass(b"h/p");
+        assert_eq!(c.get(b"h/p").unwrap().variants.len(), 1, "the mark did not replace it");
+    }
+
+    #[test]
+    fn purge_matches_hosts_paths_and_prefixes() {
+        let c = cache();
+        for k in [
+            "a.test/x?q=1",
+            "a.test/x",
+            "b.test/x",
+            "a.test/assets/1",
+            "b.test/assets/2",
+        ] {
+            c.store(k.as_bytes().into(), obj(b".", b"", &[]));
+        }
+        let url = |h: Option<&str>, p: &str| Purge::Url {
+            host: h.map(str::to_string),
+            path: p.to_string(),
+        };
+        assert_eq!(c.purge(&url(Some("a.test"), "/x")), 1);
+        assert_eq!(
+            c.purge(&url(None, "/x")),
+            1,
+            "b.test/x; the query makes a.test/x?q=1 another URL"
+        );
+        assert_eq!(
+            c.purge(&Purge::Prefix {
+                host: Some("b.test".into()),
+                prefix: "/assets/".into()
+            }),
+            1
+        );
+        assert_eq!(
+            c.purge(&Purge::Prefix {
+                host: None,
+                prefix: "/".into()
+            }),
+            2
+        );
+    }
+
+    #[test]
+    fn a_new_version_removes_the_old_one() {
+        let c = cache();
+        c.store(b"h/app.js?v=1".as_slice().into(), obj(b"1", b"", &[]));
+        c.see_version(b"h/app.js", b"1", b"h/app.js?v=1");
+        c.see_version(b"h/app.js", b"1", b"h/app.js?v=1");
+        assert!(c.get(b"h/app.js?v=1").is_some(), "the same version keeps it");
+        c.see_version(b"h/app.js", b"2", b"h/app.js?v=2");
+        assert!(c.get(b"h/app.js?v=1").is_none());
+    }
+
+    #[test]
+    fn tags_come_from_both_headers() {
+        let mut h = HeaderMap::new();
+        h.append("surrogate-key", HeaderValue::from_static("a  b"));
+        h.append("surrogate-key", HeaderValue::from_static("c"));
+        h.append("cache-tag", HeaderValue::from_static("b, d,,e"));
+        let tags: Vec<String> = tags_of(&h).iter().map(|t| t.to_string()).collect();
+        assert_eq!(tags, ["a", "b", "c", "d", "e"]);
+    }
+}
