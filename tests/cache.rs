@@ -1056,3 +1056,36 @@ async fn cache_config_is_checked() {
         assert!(err.contains(key), "{rc}: {err}");
     }
 }
+
+#[tokio::test]
+async fn route_defaults_for_stale_serving_and_http2_clients() {
+    let origin = Origin::start(|_, n| Reply::ok(&[("cache-control", "max-age=1")], &format!("gen {n}"))).await;
+    let p = Proxy::start(&config(origin.addr, "", "stale_while_revalidate = \"30s\""));
+    let h2 = |path: &'static str| {
+        support::send_h2(
+            p.addr(),
+            Request::get(format!("http://cache.test{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    assert_eq!(h2("/d").await.body(), "gen 0");
+    let hit = h2("/d").await;
+    assert!(cache_status(&hit).starts_with("waypost; hit"), "{}", cache_status(&hit));
+    // An HTTP/1.1 client shares the entry (same host and path).
+    assert!(cache_status(&req(&p, "/d", &[]).await).starts_with("waypost; hit"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The response has no stale-while-revalidate: the route's default serves it stale and
+    // refreshes it in the background.
+    let stale = h2("/d").await;
+    assert_eq!(stale.body(), "gen 0");
+    assert!(ttl(&stale) < 0, "{}", cache_status(&stale));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            req(&p, "/d", &[]).await.body() == "gen 1"
+        })
+        .await
+    );
+    assert_eq!(origin.hits("/d"), 2);
+    origin.stop();
+}
