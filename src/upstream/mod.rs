@@ -666,7 +666,9 @@ async fn send(
     mut req: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, Option<SendRequest<ProxyBody>>), SendFailure> {
     if let Some(t) = &backend.tls {
-        return send_tls(pool, backend, t, req).await;
+        // Boxed: the TLS path's state (handshakes, h2) is several KB, and inline it would make
+        // every request's future that large, to be moved and copied on the plain path too.
+        return Box::pin(send_tls(pool, backend, t, req)).await;
     }
     while let Some(mut sender) = backend.take_idle() {
         if sender.ready().await.is_err() {
@@ -725,7 +727,7 @@ async fn send_tls(
         Err(e) => return Err((e, Some(req))),
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let sender = match handshake_h2(stream).await {
+        let sender = match Box::pin(handshake_h2(stream)).await {
             Ok(s) => s,
             Err(e) => return Err((e, Some(req))),
         };
