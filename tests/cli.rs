@@ -1465,7 +1465,11 @@ default_ttl = "1 fortnight"
         p("route[0].path", line_of(toml, "\"nope\""), "must start with '/'"),
         p("route[0].methods[0]", line_of(toml, "\"get\""), "invalid method"),
         p("route[0].pool", line_of(toml, "\"wbe\""), "unknown pool \"wbe\""),
-        p("route[0].cache.default_ttl", line_of(toml, "1 fortnight"), "invalid duration"),
+        p(
+            "route[0].cache.default_ttl",
+            line_of(toml, "1 fortnight"),
+            "invalid duration",
+        ),
     ];
     assert_problems(&r, &expected);
     // Listed in the order of the file.
