@@ -20,6 +20,7 @@ use crate::admin::metrics;
 use crate::app::Shared;
 use crate::proxy::{self, ConnInfo};
 
+pub mod framing;
 pub mod proxy_protocol;
 pub mod tls;
 
