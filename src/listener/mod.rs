@@ -82,6 +82,27 @@ impl ConnGate {
         }
     }
 
+    /// Wait for a free slot and take it for an accepted connection. Every worker accepts on its
+    /// own, so two may both have been admitted for the last slot: the one that loses holds its
+    /// connection unserved, as if still in the kernel's queue, until a slot frees.
+    async fn take(&self) {
+        loop {
+            let notified = self.changed.notified();
+            let active = self.active.load(Ordering::Relaxed);
+            if active < self.max.load(Ordering::Relaxed) {
+                if self
+                    .active
+                    .compare_exchange(active, active + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            notified.await;
+        }
+    }
+
     /// Wait until no connection is open.
     pub async fn idle(&self) {
         loop {
@@ -159,7 +180,11 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                shared.gate.active.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = shared.gate.take() => {}
+                }
                 stats.active.fetch_add(1, Ordering::Relaxed);
                 stats.total.increment(1);
                 tokio::spawn(serve(
