@@ -307,6 +307,29 @@ impl<'c, 's> Obj<'c, 's> {
         }
     }
 
+    /// A size in bytes ("64KiB", "8MiB", a plain number).
+    pub fn size(&self, key: &'static str) -> Option<u64> {
+        let item = self.take(key)?;
+        if let Some(n) = item.as_integer() {
+            if n < 0 {
+                self.problem(key, "a size cannot be negative");
+                return None;
+            }
+            return Some(n as u64);
+        }
+        let Some(s) = item.as_str() else {
+            self.wrong_type(key, "a size like \"64KiB\" or a number of bytes", item);
+            return None;
+        };
+        match parse_size(s) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.problem(key, e);
+                None
+            }
+        }
+    }
+
     /// An array of strings, each with its own place for later cross-reference checks.
     pub fn str_list(&self, key: &'static str) -> Option<Vec<(String, At)>> {
         self.used.borrow_mut().push(key);
