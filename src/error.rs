@@ -23,6 +23,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("request body larger than max_body_bytes")]
+    BodyTooLarge,
 }
 
 /// Who caused a failure: drives logs and tells operators where to look.
@@ -45,6 +47,7 @@ impl ProxyError {
             ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -62,12 +65,13 @@ impl ProxyError {
             ProxyError::UpstreamBroken(_) => "502 backend closed the connection or sent a broken response\n",
             ProxyError::UpstreamTimeout => "504 backend did not answer in time\n",
             ProxyError::BadRequest(_) => "400 bad request\n",
+            ProxyError::BodyTooLarge => "413 request body too large\n",
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) => Blame::Client,
+            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => Blame::Client,
             ProxyError::NoHealthyBackend | ProxyError::QueueTimeout => Blame::Proxy,
             ProxyError::PrimaryUnavailable => Blame::Upstream,
             ProxyError::UpstreamConnect(_)
@@ -87,7 +91,8 @@ impl ProxyError {
             | ProxyError::PrimaryUnavailable
             | ProxyError::UpstreamBroken(_)
             | ProxyError::UpstreamTimeout
-            | ProxyError::BadRequest(_) => false,
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge => false,
         }
     }
 
@@ -103,7 +108,8 @@ impl ProxyError {
             | ProxyError::QueueTimeout
             | ProxyError::PrimaryUnavailable
             | ProxyError::UpstreamTimeout
-            | ProxyError::BadRequest(_) => false,
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge => false,
         }
     }
 
@@ -119,6 +125,7 @@ impl ProxyError {
             ProxyError::UpstreamBroken(_) => "upstream_broken",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -142,6 +149,7 @@ mod tests {
             (ProxyError::UpstreamConnectTimeout, 504),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::BadRequest("x"), 400),
+            (ProxyError::BodyTooLarge, 413),
         ];
         for (e, code) in table {
             assert_eq!(e.status().as_u16(), code, "{e}");

@@ -190,6 +190,11 @@ fn a_full_valid_file_using_every_supported_key_passes() {
 worker_threads = 2
 graceful_shutdown_timeout = "5s"
 max_connections = 1000
+header_read_timeout = "2.5s"
+idle_timeout = "5m"
+max_header_bytes = "16KiB"
+max_body_bytes = 1048576
+h2_max_concurrent_streams = 100
 
 [admin]
 bind = "0.0.0.0:9901"
@@ -568,6 +573,63 @@ fn integers_out_of_range_are_refused() {
                 "must be at least 1",
             ),
             p("pool[0].retries", line_of(&toml, "retries"), "must be between 0 and"),
+        ],
+    );
+}
+
+#[test]
+fn client_limits_are_validated() {
+    let toml = config(
+        "[server]\nheader_read_timeout = \"0s\"\nidle_timeout = 60\nmax_header_bytes = \"512B\"\nmax_body_bytes = \"10 parsecs\"\nh2_max_concurrent_streams = 0",
+        "",
+        "",
+        "",
+    );
+    let r = check(&toml);
+    assert_problems(
+        &r,
+        &[
+            p(
+                "server.header_read_timeout",
+                line_of(&toml, "header_read_timeout"),
+                "must be greater than 0",
+            ),
+            p(
+                "server.idle_timeout",
+                line_of(&toml, "idle_timeout"),
+                "expected a string, found an integer",
+            ),
+            p(
+                "server.max_header_bytes",
+                line_of(&toml, "max_header_bytes"),
+                "must be between 1KiB and 1MiB",
+            ),
+            p(
+                "server.max_body_bytes",
+                line_of(&toml, "max_body_bytes"),
+                "invalid size \"10 parsecs\"",
+            ),
+            p(
+                "server.h2_max_concurrent_streams",
+                line_of(&toml, "h2_max_concurrent_streams"),
+                "must be at least 1",
+            ),
+        ],
+    );
+    let toml = config("[server]\nmax_header_bytes = \"2MiB\"\nmax_body_bytes = -1", "", "", "");
+    assert_problems(
+        &check(&toml),
+        &[
+            p(
+                "server.max_header_bytes",
+                line_of(&toml, "max_header_bytes"),
+                "must be between 1KiB and 1MiB",
+            ),
+            p(
+                "server.max_body_bytes",
+                line_of(&toml, "max_body_bytes"),
+                "a size cannot be negative",
+            ),
         ],
     );
 }
@@ -981,51 +1043,6 @@ fn a_toml_syntax_error_is_printed_on_one_line_with_its_line_number() {
     let toml = config("", "", "", "").replace("[[route]]", "[[route]");
     let r = check(&toml);
     assert_problems(&r, &[p("(syntax)", line_of(&toml, "[[route]"), "invalid table header")]);
-}
-
-// ---------------------------------------------------------------------------------------
-// Keys of capabilities that are not built yet
-
-#[rustfmt::skip]
-/// Each key of the contract that a later capability owns: the section of `config(...)` it goes
-/// in (top, listener, pool or route), its lines, the key path the refusal must name, and the
-/// text of the line it must point at. (Keys of health checking, which is being built, are not
-/// here; `lag_header` in `[pool.health]` belongs to the read/write split.)
-const LATER_KEYS: &[[&str; 4]] = &[
-    ["top", "[server]\nheader_read_timeout = \"10s\"", "server.header_read_timeout", "header_read_timeout"],
-    ["top", "[server]\nidle_timeout = \"60s\"", "server.idle_timeout", "idle_timeout"],
-    ["top", "[server]\nmax_header_bytes = \"64KiB\"", "server.max_header_bytes", "max_header_bytes"],
-    ["top", "[server]\nmax_body_bytes = \"0\"", "server.max_body_bytes", "max_body_bytes"],
-];
-
-#[test]
-fn keys_of_later_capabilities_are_refused_as_not_supported_yet() {
-    let mut failures = Vec::new();
-    for [section, lines, path, line_text] in LATER_KEYS {
-        let toml = match *section {
-            "top" => config(lines, "", "", ""),
-            "listener" => config("", lines, "", ""),
-            "pool" => config("", "", lines, ""),
-            _ => config("", "", "", lines),
-        };
-        let r = check(&toml);
-        let line = line_of(&toml, line_text);
-        let tail = format!("(line {line})");
-        let head = format!("{path}: ");
-        let problems = r.problems();
-        let ok = r.code == Some(1)
-            && problems.len() == 1
-            && problems[0].starts_with(&head)
-            && problems[0].contains("not supported yet")
-            && problems[0].ends_with(&tail);
-        if !ok {
-            failures.push(format!(
-                "`{path}` must be refused with `{head}...not supported yet... {tail}`, alone:\n{toml}\n{}",
-                r.all()
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]

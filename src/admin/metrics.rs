@@ -30,6 +30,7 @@ pub const STICKY_COOKIES_REJECTED_TOTAL: &str = "waypost_sticky_cookies_rejected
 pub const GEO_REQUESTS_TOTAL: &str = "waypost_geo_requests_total";
 pub const DATACENTER_FAILOVERS_TOTAL: &str = "waypost_datacenter_failovers_total";
 pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "waypost_proxy_protocol_errors_total";
+pub const CLIENT_ERRORS_TOTAL: &str = "waypost_client_errors_total";
 pub const SPLIT_REQUESTS_TOTAL: &str = "waypost_split_requests_total";
 pub const REPLICA_LAG_SECONDS: &str = "waypost_replica_lag_seconds";
 pub const DNS_RESOLUTIONS_TOTAL: &str = "waypost_dns_resolutions_total";
@@ -167,6 +168,10 @@ fn describe() {
     describe_counter!(
         PROXY_PROTOCOL_ERRORS_TOTAL,
         "Connections closed because their PROXY protocol header was missing, malformed or late."
+    );
+    describe_counter!(
+        CLIENT_ERRORS_TOTAL,
+        "Requests refused for breaking a client limit or HTTP framing, by listener and reason (header_timeout, header_too_large, bad_framing, body_too_large)."
     );
     describe_counter!(TLS_HANDSHAKES_TOTAL, "TLS handshakes completed, by listener.");
     describe_counter!(
@@ -363,6 +368,38 @@ pub fn datacenter_failover(from: &str, to: &str) {
 
 pub fn proxy_protocol_error(listener: &str) {
     counter!(PROXY_PROTOCOL_ERRORS_TOTAL, "listener" => listener.to_string()).increment(1);
+}
+
+/// waypost_client_errors_total of one listener, one handle per reason.
+#[derive(Debug, Clone)]
+pub struct ClientErrors {
+    pub header_timeout: Counter,
+    pub header_too_large: Counter,
+    pub bad_framing: Counter,
+    pub body_too_large: Counter,
+}
+
+impl ClientErrors {
+    pub fn new(listener: &str) -> ClientErrors {
+        let c = |reason: &'static str| counter!(CLIENT_ERRORS_TOTAL, "listener" => listener.to_string(), "reason" => reason);
+        ClientErrors {
+            header_timeout: c("header_timeout"),
+            header_too_large: c("header_too_large"),
+            bad_framing: c("bad_framing"),
+            body_too_large: c("body_too_large"),
+        }
+    }
+
+    /// Count one refusal by its `reason` label.
+    pub fn count(&self, reason: &str) {
+        match reason {
+            "header_timeout" => &self.header_timeout,
+            "header_too_large" => &self.header_too_large,
+            "body_too_large" => &self.body_too_large,
+            _ => &self.bad_framing,
+        }
+        .increment(1);
+    }
 }
 
 pub fn tls_handshakes(listener: &str) -> Counter {

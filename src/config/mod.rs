@@ -48,7 +48,36 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     pub graceful_shutdown_timeout: Duration,
     pub max_connections: usize,
+    /// A client must send a whole request head within this (HTTP/1), else 408.
+    pub header_read_timeout: Duration,
+    /// Keep-alive connections with no request for this long are closed (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// The largest request head (HTTP/1) or header list (HTTP/2): 431 beyond it.
+    pub max_header_bytes: usize,
+    /// The largest request body, 413 beyond it; 0: unlimited.
+    pub max_body_bytes: u64,
+    /// Streams an HTTP/2 client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
 }
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            worker_threads: 0,
+            graceful_shutdown_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 << 10,
+            max_body_bytes: 0,
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Bounds of `max_header_bytes`.
+pub const MIN_HEADER_BYTES: u64 = 1 << 10;
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -522,11 +551,7 @@ fn read_dns(o: Option<Obj>) -> Option<DnsConfig> {
 }
 
 fn read_server(o: Option<Obj>) -> Option<ServerConfig> {
-    let mut s = ServerConfig {
-        worker_threads: 0,
-        graceful_shutdown_timeout: Duration::from_secs(30),
-        max_connections: 100_000,
-    };
+    let mut s = ServerConfig::default();
     let Some(o) = o else { return Some(s) };
     if let Some(n) = o.uint("worker_threads", 1024) {
         s.worker_threads = n as usize;
@@ -540,13 +565,26 @@ fn read_server(o: Option<Obj>) -> Option<ServerConfig> {
         }
         s.max_connections = n as usize;
     }
-    for key in [
-        "header_read_timeout",
-        "idle_timeout",
-        "max_header_bytes",
-        "max_body_bytes",
-    ] {
-        o.unsupported(key, "client limits arrive with the robustness work");
+    s.header_read_timeout = positive_duration(&o, "header_read_timeout", s.header_read_timeout);
+    s.idle_timeout = positive_duration(&o, "idle_timeout", s.idle_timeout);
+    if let Some(n) = o.size("max_header_bytes") {
+        if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) {
+            s.max_header_bytes = n as usize;
+        } else {
+            o.problem(
+                "max_header_bytes",
+                format!("must be between 1KiB and 1MiB ({MIN_HEADER_BYTES} to {MAX_HEADER_BYTES} bytes), found {n}"),
+            );
+        }
+    }
+    if let Some(n) = o.size("max_body_bytes") {
+        s.max_body_bytes = n;
+    }
+    if let Some(n) = o.uint("h2_max_concurrent_streams", 10_000) {
+        if n == 0 {
+            o.problem("h2_max_concurrent_streams", "must be at least 1");
+        }
+        s.h2_max_concurrent_streams = n as u32;
     }
     o.finish();
     Some(s)

@@ -455,14 +455,6 @@ impl<'c, 's> Obj<'c, 's> {
         }
     }
 
-    /// A key that belongs to a capability not built yet: using it is an error rather than
-    /// silently ignored.
-    pub fn unsupported(&self, key: &'static str, what: &str) {
-        if self.take(key).is_some() {
-            self.problem(key, format!("not supported yet ({what})"));
-        }
-    }
-
     /// `finish` for a table still borrowed elsewhere.
     pub fn finish_ref(&self) {
         let used = self.used.borrow();

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::error::ProxyError;
 use crate::upstream::Lease;
+use ::metrics::Counter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -17,7 +19,7 @@ pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     /// A client's request body on its way to a backend.
-    Incoming(Incoming),
+    Incoming(ClientBody),
     /// A backend's response body on its way to the client.
     Upstream(UpstreamBody),
     /// A backend's response body on its way to the client and into the cache.
@@ -106,4 +108,94 @@ impl Body for ProxyBody {
             ProxyBody::Caching(t) => t.size_hint(),
         }
     }
+}
+
+/// A client's request body, held to `[server] max_body_bytes`: past it, the body fails with
+/// [`BodyTooLarge`], so the request to the backend is aborted (an HTTP/1.1 backend sees the
+/// connection close before the chunked body's end; an HTTP/2 one a reset stream), never ended
+/// as if complete.
+pub struct ClientBody {
+    body: Incoming,
+    /// Bytes still allowed (u64::MAX: no limit).
+    left: u64,
+    over: Option<Counter>,
+}
+
+/// The error a body over its limit fails with; the upstream error it causes becomes a 413.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than max_body_bytes")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// Hold a client's body to `max` bytes (0: unlimited). A body whose declared length is over it
+/// is refused at once, before anything goes upstream; `over` counts refusals.
+pub fn limit(body: Incoming, max: u64, over: Option<&Counter>) -> Result<ClientBody, ProxyError> {
+    if max == 0 || body.is_end_stream() {
+        return Ok(ClientBody {
+            body,
+            left: u64::MAX,
+            over: None,
+        });
+    }
+    if body.size_hint().lower() > max {
+        if let Some(c) = over {
+            c.increment(1);
+        }
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(ClientBody {
+        body,
+        left: max,
+        over: over.cloned(),
+    })
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                let n = d.len() as u64;
+                if n > this.left {
+                    if let Some(c) = this.over.take() {
+                        c.increment(1);
+                    }
+                    this.left = 0;
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                }
+                this.left -= n;
+            }
+        }
+        r.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether an error from sending to a backend came from a client's body over its limit.
+pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -45,6 +45,8 @@ pub struct ConnInfo {
     /// Keeps the client connection counted (open connections, drain) while held: an upgraded
     /// tunnel holds it past the end of the HTTP exchange.
     pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Counts request bodies refused for `max_body_bytes` (waypost_client_errors_total).
+    pub body_too_large: Option<::metrics::Counter>,
 }
 
 impl ConnInfo {
@@ -56,6 +58,7 @@ impl ConnInfo {
             client_ip: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             scheme,
             hold: None,
+            body_too_large: None,
         }
     }
 }
@@ -252,6 +255,10 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
             log,
         );
     }
+    let body = match body::limit(body, state.config.server.max_body_bytes, conn.body_too_large.as_ref()) {
+        Ok(b) => b,
+        Err(e) => return respond_error(e, state, listener, None, started, log),
+    };
 
     // 1 route
     let host = host_value(&parts);

@@ -634,6 +634,8 @@ pub async fn forward(
                 lease.conn = conn;
                 return Ok((resp, lease));
             }
+            // The client's fault, not the backend's: no retry, no mark against it.
+            Err((err @ ProxyError::BodyTooLarge, _)) => return Err(err),
             Err((err, returned)) => {
                 backend.metrics.response(ERROR_CLASS);
                 pool.record_outcome(idx, false);
@@ -797,7 +799,7 @@ async fn exchange_h2(
         }
         Ok(Err(mut e)) => {
             let returned = e.take_message().map(restore);
-            Err((ProxyError::UpstreamBroken(e.into_error()), returned))
+            Err((send_failed(e.into_error()), returned))
         }
     }
 }
@@ -812,8 +814,17 @@ async fn exchange(
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(mut e)) => {
             let returned = e.take_message();
-            Err((ProxyError::UpstreamBroken(e.into_error()), returned))
+            Err((send_failed(e.into_error()), returned))
         }
+    }
+}
+
+/// A failed exchange: the backend's doing, unless the client's body broke its size limit.
+fn send_failed(e: hyper::Error) -> ProxyError {
+    if crate::proxy::body::is_body_too_large(&e) {
+        ProxyError::BodyTooLarge
+    } else {
+        ProxyError::UpstreamBroken(e)
     }
 }
 

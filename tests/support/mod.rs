@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+pub mod h2raw;
 pub mod pki;
 
 pub use waypost::testbackend::{Mode, TestBackend};
