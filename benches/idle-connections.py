@@ -2,15 +2,17 @@
 """Memory of idle keep-alive connections: start waypost (release build) on loopback, open N
 client connections, send one request on each (answered by waypost itself: it matches no route,
 so no backend is involved) and keep them open, then read waypost's RSS. Prints RSS before and
-after and the cost per connection.
+after and the cost per connection. With --silent the connections send nothing (measured
+within header_read_timeout, which would close them).
 
-    python3 benches/idle-connections.py [--connections 10000] [--waypost target/release/waypost]
+    python3 benches/idle-connections.py [--connections 10000] [--waypost target/release/waypost] [--silent]
 """
 import argparse, os, re, resource, socket, subprocess, sys, tempfile, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--connections", type=int, default=10000)
 ap.add_argument("--waypost", default="target/release/waypost")
+ap.add_argument("--silent", action="store_true", help="open connections without sending a request")
 args = ap.parse_args()
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -62,17 +64,19 @@ try:
     conns = []
     for i in range(args.connections):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        if not args.silent:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         conns.append(s)
-        if len(conns) % 500 == 0:
+        if len(conns) % 500 == 0 and not args.silent:
             for c in conns[-500:]:
                 c.recv(4096)
-    for c in conns[-(len(conns) % 500):] if len(conns) % 500 else []:
+    for c in (conns[-(len(conns) % 500):] if len(conns) % 500 else []) if not args.silent else []:
         c.recv(4096)
     time.sleep(1.0)
     after = rss_kib()
     active = len(conns)
-    print(f"waypost RSS before: {before} KiB; with {active} idle keep-alive connections: {after} KiB")
+    kind = "silent" if args.silent else "idle keep-alive"
+    print(f"waypost RSS before: {before} KiB; with {active} {kind} connections: {after} KiB")
     print(f"per connection: {(after - before) * 1024 / active:.0f} bytes")
 finally:
     proc.terminate(); proc.wait(timeout=30)

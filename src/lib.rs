@@ -8,7 +8,8 @@
 //!   forwarding rules, `proxy::body` the one body type.
 //! - [`router`]: host and path matching. [`balancer`]: picking policies (pure).
 //! - [`upstream`]: backends, their idle connections, dialing, forwarding and retries.
-//! - [`listener`]: binding, accepting under the connection limit, serving connections.
+//! - [`listener`]: binding, accepting under the connection limit, serving connections; the
+//!   client limits (`listener::guard`) and the HTTP/1 framing scanner (`listener::framing`).
 //! - [`admin`]: the admin API; `admin::metrics` names every metric.
 //! - [`app`]: start-up, worker runtimes, signals, reload, graceful shutdown.
 //! - [`error`]: the one error table (status, body, blame, retry rules).

@@ -119,7 +119,7 @@ enum Line {
     /// A CR at the start of a line: an empty line if LF follows.
     StartCr,
     /// In the request line: bytes of `CONNECT ` matched so far (9: not CONNECT).
-    RequestLine { method: u8 },
+    Request { method: u8 },
     /// In a field name that may be one of interest: how many bytes of it matched.
     Name { field: Field, matched: u8 },
     /// In the value of a field of interest.
@@ -306,11 +306,24 @@ pub struct Scanner {
     heads: u32,
 }
 
+/// First bytes of a field line that need a closer look: the names read (any case), line
+/// folding, and the line ends of an empty line.
+const LINE_OF_INTEREST: [bool; 256] = {
+    let mut t = [false; 256];
+    let bytes = b"cCtTuU \t\r\n";
+    let mut k = 0;
+    while k < bytes.len() {
+        t[bytes[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
 const HTTP10: u64 = u64::from_be_bytes(*b"HTTP/1.0");
 const HTTP20: u64 = u64::from_be_bytes(*b"HTTP/2.0");
 
 fn find_lf(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 impl Scanner {
@@ -467,8 +480,26 @@ impl Scanner {
     /// whole refused head.
     fn head(&mut self, buf: &[u8], mut i: usize) -> Result<usize, (usize, Refusal)> {
         while i < buf.len() {
+            if self.head.line == Line::Start && self.head.request_line_done {
+                i = self.plain_fields(buf, i)?;
+                if i == buf.len() {
+                    break;
+                }
+            }
             let at = i;
-            let step = self.head_step(buf, &mut i);
+            // The common case: a whole line in this read, looked at once; a line split across
+            // reads goes a byte (or a run) at a time.
+            let whole = match self.head.line {
+                Line::Start => find_lf(&buf[i..]),
+                _ => None,
+            };
+            let step = match whole {
+                Some(p) => {
+                    i += p + 1;
+                    self.head_line(&buf[at..at + p])
+                }
+                None => self.head_step(buf, &mut i),
+            };
             if self.phase != Phase::Head {
                 return Ok(i);
             }
@@ -494,6 +525,85 @@ impl Scanner {
         Ok(i)
     }
 
+    /// The hot loop: field lines that lie whole in this read and whose first byte says they
+    /// are of no interest (most of them) are counted and skipped with one search each. Returns
+    /// where a line of interest, an empty line or a split line starts.
+    fn plain_fields(&mut self, buf: &[u8], mut i: usize) -> Result<usize, (usize, Refusal)> {
+        let h = &mut self.head;
+        while let Some(&first) = buf.get(i) {
+            if LINE_OF_INTEREST[first as usize] {
+                break;
+            }
+            let Some(p) = find_lf(&buf[i + 1..]) else { break };
+            let end = i + p + 2;
+            h.fields += 1;
+            h.bytes += end - i;
+            if h.fields > MAX_FIELDS {
+                return Err((i, Refusal::TooManyFields));
+            }
+            if h.bytes > self.max_head {
+                return Err((i, Refusal::HeadTooLarge));
+            }
+            i = end;
+        }
+        Ok(i)
+    }
+
+    /// A whole line of the head (its LF left out), as `head_step` would take it byte by byte.
+    /// `Ok(true)`: the empty line that ends the head.
+    fn head_line(&mut self, line: &[u8]) -> Result<bool, Refusal> {
+        let h = &mut self.head;
+        let text = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(&first) = text.first() else {
+            // An empty line before the request line is skipped, as hyper does.
+            return Ok(h.request_line_done);
+        };
+        if !h.request_line_done {
+            h.started = true;
+            h.connect = text.starts_with(b"CONNECT ");
+            track_tail(&mut h.tail, text);
+            h.request_line_done = true;
+            if h.tail == HTTP20 {
+                self.stop(Opaque::Http2);
+            }
+            return Ok(false);
+        }
+        match first {
+            b' ' | b'\t' => return Err(Refusal::LineFolding),
+            // A CR alone is not HTTP; hyper refuses it.
+            b'\r' => return Ok(false),
+            _ => {}
+        }
+        h.fields += 1;
+        if h.fields > MAX_FIELDS {
+            return Err(Refusal::TooManyFields);
+        }
+        let field = match first | 0x20 {
+            b'c' => Field::ContentLength,
+            b't' => Field::TransferEncoding,
+            b'u' => Field::Upgrade,
+            _ => return Ok(false),
+        };
+        let name = field.name();
+        let named = line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].iter().zip(name).all(|(b, n)| b | 0x20 == *n);
+        if !named {
+            return Ok(false);
+        }
+        h.digits = Digits::Before;
+        h.value = 0;
+        h.coding_len = 0;
+        h.coding_done = false;
+        h.coding_bad = false;
+        if field != Field::Upgrade {
+            for &b in &line[name.len() + 1..] {
+                h.value_byte(field, b);
+            }
+        }
+        h.end_of_value(field).map(|()| false)
+    }
+
     /// One step through the head: a byte, or a run to the end of a line. `Ok(true)`: the head
     /// ended at `i - 1`.
     fn head_step(&mut self, buf: &[u8], i: &mut usize) -> Result<bool, Refusal> {
@@ -516,7 +626,7 @@ impl Scanner {
                 b' ' | b'\t' if h.request_line_done => return Err(Refusal::LineFolding),
                 _ if !h.request_line_done => {
                     h.started = true;
-                    h.line = Line::RequestLine { method: 0 };
+                    h.line = Line::Request { method: 0 };
                 }
                 _ => {
                     h.fields += 1;
@@ -541,7 +651,7 @@ impl Scanner {
                     *i += 1;
                 }
             },
-            Line::RequestLine { method } if method < 8 && b != b'\n' => {
+            Line::Request { method } if method < 8 && b != b'\n' => {
                 // The method, a byte at a time, only as far as telling CONNECT apart.
                 let method = if b == b"CONNECT "[method as usize] {
                     method + 1
@@ -551,11 +661,11 @@ impl Scanner {
                 if method == 8 {
                     h.connect = true;
                 }
-                h.line = Line::RequestLine { method };
+                h.line = Line::Request { method };
                 track_tail(&mut h.tail, &buf[*i..*i + 1]);
                 *i += 1;
             }
-            Line::RequestLine { .. } => {
+            Line::Request { .. } => {
                 let rest = &buf[*i..];
                 match find_lf(rest) {
                     None => {

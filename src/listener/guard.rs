@@ -184,13 +184,20 @@ pub struct Guard<IO> {
 
 impl<IO> Guard<IO> {
     /// `http2`: the connection speaks HTTP/2 from the start (ALPN); nothing to scan.
-    pub fn new(io: IO, limits: &Limits, activity: Arc<Activity>, stats: Arc<ListenerStats>, http2: bool) -> Guard<IO> {
+    /// The first request's head is due at `head_deadline`.
+    pub fn new(
+        io: IO,
+        limits: &Limits,
+        head_deadline: tokio::time::Instant,
+        activity: Arc<Activity>,
+        stats: Arc<ListenerStats>,
+        http2: bool,
+    ) -> Guard<IO> {
         Guard {
             io,
             mode: if http2 { Mode::Pass } else { Mode::Scan },
             scanner: Scanner::new(limits.max_header_bytes),
-            // The first request's head is due header_read_timeout after the connection opened.
-            timer: (!http2).then(|| Box::pin(tokio::time::sleep(limits.header_read_timeout))),
+            timer: (!http2).then(|| Box::pin(tokio::time::sleep_until(head_deadline))),
             head_timeout: limits.header_read_timeout,
             out_clean: true,
             activity,

@@ -4,7 +4,9 @@
 //! when the listener is removed or the process stops.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,27 +152,91 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// The HTTP server settings of a generation's `[server]` table.
-fn server_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // Head and small bodies go out in one flat write: measured cheaper than writev here.
-    // The guard answers slow heads with 408 (hyper's own timeout closes without a word), and
-    // refuses heads over max_header_bytes before hyper's buffer fills (its minimum is 8 KiB).
-    b.http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .writev(false)
-        .header_read_timeout(None)
-        .max_buf_size((cfg.max_header_bytes + 1).max(8192));
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        // Rapid reset (CVE-2023-44487): streams a client resets before they are served.
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        // Streams reset because the client broke the protocol on them (CVE-2025-8671).
-        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
-    b
+/// The HTTP servers of a generation's `[server]` settings: HTTP/1.1 and HTTP/2 for connections
+/// whose protocol is known before the first read (ALPN, or the first bytes peeked), and the
+/// detecting one for the rest. Knowing it first spares hyper's detection, whose separate read of
+/// the first 24 bytes makes hyper's read buffer grow to 16 KiB for the life of the connection.
+pub struct Servers {
+    auto: auto::Builder<TokioExecutor>,
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Servers {
+    fn new(cfg: &ServerConfig) -> Servers {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // Head and small bodies go out in one flat write: measured cheaper than writev here.
+        // The guard answers slow heads with 408 (hyper's own timeout closes without a word), and
+        // refuses heads over max_header_bytes before hyper's buffer fills (its minimum is 8 KiB).
+        let max_buf = (cfg.max_header_bytes + 1).max(8192);
+        auto.http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .writev(false)
+            .header_read_timeout(None)
+            .max_buf_size(max_buf);
+        h1.keep_alive(true)
+            .timer(TokioTimer::new())
+            .writev(false)
+            .header_read_timeout(None)
+            .max_buf_size(max_buf);
+        let header_list = u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+            .max_header_list_size(header_list)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+            .max_header_list_size(header_list)
+            // Rapid reset (CVE-2023-44487): streams a client resets before they are served.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            // Streams reset because the client broke the protocol on them (CVE-2025-8671).
+            .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
+        Servers { auto, h1, h2 }
+    }
+}
+
+/// Which HTTP a connection speaks, as far as known before hyper reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+    /// Not known: hyper looks at the first bytes.
+    Detect,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which HTTP a plain connection speaks, from its first bytes, peeked (hyper still reads them):
+/// HTTP/2 with prior knowledge starts with its preface. Waiting for them also keeps hyper's
+/// buffers unallocated while a client says nothing. None: the client closed.
+async fn sniff(
+    stream: &TcpStream,
+    head_deadline: tokio::time::Instant,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Proto> {
+    let mut buf = [0u8; 24];
+    let mut drain = shared.drain.subscribe();
+    let peeked = tokio::select! {
+        r = stream.peek(&mut buf) => r,
+        // Nothing in time: the guard's head timer has run out and answers 408 at once.
+        _ = tokio::time::sleep_until(head_deadline) => return Some(Proto::H1),
+        // Draining: serve_http gives a silent new connection its grace period.
+        _ = drain.wait_for(|d| *d) => return Some(Proto::Detect),
+        _ = stop.wait_for(|s| *s) => return Some(Proto::Detect),
+    };
+    match peeked {
+        Ok(0) | Err(_) => None,
+        Ok(n) if buf[..n] != H2_PREFACE[..n] => Some(Proto::H1),
+        Ok(24) => Some(Proto::H2),
+        // Part of the preface so far: let hyper wait for the rest.
+        Ok(_) => Some(Proto::Detect),
+    }
 }
 
 /// HTTP/2: streams reset by the client before they were served, past which the connection is
@@ -204,7 +270,7 @@ pub async fn accept_loop(
     };
     // The server settings follow the generation: rebuilt when a reload brings a new one.
     let mut generation = 0;
-    let mut builder = Arc::new(server_builder(&ServerConfig::default()));
+    let mut servers = Arc::new(Servers::new(&ServerConfig::default()));
     let mut conn_limits = limits(&ServerConfig::default());
     loop {
         tokio::select! {
@@ -230,7 +296,7 @@ pub async fn accept_loop(
                     let state = shared.state.load();
                     if state.generation != generation {
                         generation = state.generation;
-                        builder = Arc::new(server_builder(&state.config.server));
+                        servers = Arc::new(Servers::new(&state.config.server));
                         conn_limits = limits(&state.config.server);
                     }
                 }
@@ -239,7 +305,7 @@ pub async fn accept_loop(
                     peer,
                     stats.clone(),
                     shared.clone(),
-                    (builder.clone(), conn_limits),
+                    (servers.clone(), conn_limits),
                     stop.clone(),
                 ));
             }
@@ -253,15 +319,15 @@ pub async fn accept_loop(
     }
 }
 
-/// A connection's HTTP settings: the server builder and the guard's limits.
-type Http = (Arc<auto::Builder<TokioExecutor>>, Limits);
+/// A connection's HTTP settings: the servers and the guard's limits.
+type Http = (Arc<Servers>, Limits);
 
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     stats: Arc<ListenerStats>,
     shared: Arc<Shared>,
-    builder: Http,
+    http: Http,
     stop: watch::Receiver<bool>,
 ) {
     let open = Arc::new(Open {
@@ -269,22 +335,65 @@ async fn serve(
         stats: stats.clone(),
     });
     let _ = stream.set_nodelay(true);
-    if !stats.proxy_protocol {
-        return serve_conn(stream, peer, stats, shared, builder, stop, open).await;
+    let head_deadline = tokio::time::Instant::now() + http.1.header_read_timeout;
+    let (tls, redirect_https) = {
+        let state = shared.state.load();
+        (
+            state.tls_for(&stats.name),
+            state.listener_config(&stats.name).and_then(|l| l.redirect_https),
+        )
+    };
+    let mut conn = Conn {
+        peer,
+        stats,
+        shared,
+        http,
+        stop,
+        open,
+        redirect_https,
+        head_deadline,
+    };
+    if !conn.stats.proxy_protocol {
+        let proto = match tls {
+            Some(_) => Proto::Detect,
+            None => match sniff(&stream, head_deadline, &conn.shared, &mut conn.stop).await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        return serve_conn(stream, conn, tls, proto).await;
     }
     // Behind an L4 balancer: the client is the PROXY header's source. A connection without a
     // valid header in time is closed and counted; it is never served as if it were direct.
     match proxy_protocol::read_header(&mut stream, PROXY_HEADER_TIMEOUT).await {
         Ok((source, rest)) => {
-            let client = source.unwrap_or(peer);
             let io = proxy_protocol::Rewind::new(stream, rest);
-            serve_conn(io, client, stats, shared, builder, stop, open).await
+            let conn = Conn {
+                peer: source.unwrap_or(peer),
+                ..conn
+            };
+            serve_conn(io, conn, tls, Proto::Detect).await
         }
         Err(e) => {
-            metrics::proxy_protocol_error(&stats.name);
+            metrics::proxy_protocol_error(&conn.stats.name);
             tracing::debug!(peer = %peer, error = %e, "PROXY protocol header refused; closing");
         }
     }
+}
+
+/// What serving a connection needs besides its byte stream.
+struct Conn {
+    /// The client: the socket's peer, or the PROXY header's source.
+    peer: SocketAddr,
+    stats: Arc<ListenerStats>,
+    shared: Arc<Shared>,
+    http: Http,
+    stop: watch::Receiver<bool>,
+    /// The connection's place in the counts; the HTTP exchange takes it over.
+    open: Arc<Open>,
+    redirect_https: Option<u16>,
+    /// When the first request head is due (header_read_timeout after accepting).
+    head_deadline: tokio::time::Instant,
 }
 
 /// How long a client may take to complete the TLS handshake.
@@ -299,41 +408,35 @@ struct ConnExtra {
     client_subject: Option<http::HeaderValue>,
     hsts: Option<http::HeaderValue>,
     redirect_https: Option<u16>,
-    /// The connection's place in the counts; the HTTP exchange takes it over.
-    open: Option<Arc<Open>>,
 }
 
-/// Terminate TLS when the listener has it in the current generation (the generation at accept
-/// time decides: a reload applies to new connections), then serve HTTP.
-async fn serve_conn<IO>(
-    io: IO,
-    peer: SocketAddr,
-    stats: Arc<ListenerStats>,
-    shared: Arc<Shared>,
-    builder: Http,
-    stop: watch::Receiver<bool>,
-    open: Arc<Open>,
-) where
+/// Terminate TLS when the listener has it in the generation of the accept (a reload applies to
+/// new connections), then serve HTTP.
+async fn serve_conn<IO>(io: IO, conn: Conn, tls: Option<Arc<tls::TlsListener>>, proto: Proto)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (tls, redirect_https) = {
-        let state = shared.state.load();
-        (
-            state.tls_for(&stats.name),
-            state.listener_config(&stats.name).and_then(|l| l.redirect_https),
-        )
-    };
     let Some(tls) = tls else {
         let extra = ConnExtra {
             scheme: "http",
             cert_header: http::HeaderName::from_static(crate::config::tls::DEFAULT_CLIENT_CERT_HEADER),
             client_subject: None,
             hsts: None,
-            redirect_https,
-            open: Some(open),
+            redirect_https: conn.redirect_https,
         };
-        return serve_http(io, peer, stats, shared, builder, stop, extra, false).await;
+        return serve_http(io, conn, extra, proto).await;
     };
+    // Boxed: a TLS connection's state (the handshake, then the TLS stream under hyper) is
+    // several KB; inline, it would size the task of every connection, plain ones too.
+    Box::pin(serve_tls(io, conn, tls)).await
+}
+
+/// Terminate TLS with this generation's settings, then serve HTTP over it.
+async fn serve_tls<IO>(io: IO, mut conn: Conn, tls: Arc<tls::TlsListener>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -354,38 +457,50 @@ async fn serve_conn<IO>(
         client_subject: tls::client_subject(stream.get_ref().1),
         hsts: tls.hsts.clone(),
         redirect_https: None,
-        open: Some(open),
     };
     drop(tls);
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_http(stream, peer, stats, shared, builder, stop, extra, h2).await
+    // The first head is due header_read_timeout after the handshake; ALPN names the protocol.
+    conn.head_deadline = tokio::time::Instant::now() + conn.http.1.header_read_timeout;
+    let proto = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Proto::H2,
+        Some(b"http/1.1") => Proto::H1,
+        _ => Proto::Detect,
+    };
+    serve_http(stream, conn, extra, proto).await
 }
 
 /// How long an L4 balancer may take to send the PROXY header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serve HTTP on a connection until it ends, is idle for `idle_timeout`, or drains. `h2`: the
-/// connection speaks HTTP/2 from the start (chosen by ALPN).
-#[allow(clippy::too_many_arguments)]
-async fn serve_http<IO>(
-    stream: IO,
-    peer: SocketAddr,
-    stats: Arc<ListenerStats>,
-    shared: Arc<Shared>,
-    (builder, limits): Http,
-    mut stop: watch::Receiver<bool>,
-    mut extra: ConnExtra,
-    h2: bool,
-) where
+/// Serve HTTP on a connection until it ends, is idle for `idle_timeout`, or drains.
+async fn serve_http<IO>(stream: IO, conn: Conn, extra: ConnExtra, proto: Proto)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        stats,
+        shared,
+        http: (servers, limits),
+        stop,
+        open,
+        head_deadline,
+        ..
+    } = conn;
     let mut info = ConnInfo::new(stats.name.clone(), peer, extra.scheme);
-    info.hold = extra.open.take().map(|o| o as Arc<dyn std::any::Any + Send + Sync>);
+    info.hold = Some(open as Arc<dyn std::any::Any + Send + Sync>);
     info.body_too_large = Some(stats.client_errors.body_too_large.clone());
     let info = Arc::new(info);
     let svc_shared = shared.clone();
     let activity = Arc::new(Activity::new());
-    let stream = Guard::new(stream, &limits, activity.clone(), stats.clone(), h2);
+    let stream = TokioIo::new(Guard::new(
+        stream,
+        &limits,
+        head_deadline,
+        activity.clone(),
+        stats.clone(),
+        proto == Proto::H2,
+    ));
     let act = activity.clone();
     let extra = Arc::new(extra);
     let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -428,52 +543,87 @@ async fn serve_http<IO>(
             Ok(resp.map(|b| Tracked::new(b, act)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let mut drain = shared.drain.subscribe();
-    // Checked lazily: it fires at most once per idle_timeout and then looks at what happened.
-    let idle = tokio::time::sleep(limits.idle_timeout);
-    tokio::pin!(idle);
-    loop {
-        let idle_check = tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+    let run = Run {
+        peer,
+        shared: &shared,
+        stop,
+        activity: &activity,
+        idle_timeout: limits.idle_timeout,
+    };
+    match proto {
+        Proto::H1 => {
+            let conn = std::pin::pin!(servers.h1.serve_connection(stream, svc).with_upgrades());
+            run.drive(conn, |c| c.graceful_shutdown()).await
+        }
+        Proto::H2 => {
+            let conn = std::pin::pin!(servers.h2.serve_connection(stream, svc));
+            run.drive(conn, |c| c.graceful_shutdown()).await
+        }
+        Proto::Detect => {
+            let conn = std::pin::pin!(servers.auto.serve_connection_with_upgrades(stream, svc));
+            run.drive(conn, |c| c.graceful_shutdown()).await
+        }
+    }
+}
+
+/// Drives one connection's HTTP to its end: closes it when idle, drains it at shutdown.
+struct Run<'a> {
+    peer: SocketAddr,
+    shared: &'a Shared,
+    stop: watch::Receiver<bool>,
+    activity: &'a Activity,
+    idle_timeout: Duration,
+}
+
+impl Run<'_> {
+    async fn drive<C, E>(mut self, mut conn: Pin<&mut C>, shutdown: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let peer = self.peer;
+        let mut drain = self.shared.drain.subscribe();
+        // Checked lazily: it fires at most once per idle_timeout and then looks at what happened.
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            let idle_check = tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+                    }
+                    return;
                 }
-                return;
+                _ = drain.wait_for(|d| *d) => false,
+                _ = self.stop.wait_for(|s| *s) => false,
+                _ = idle.as_mut() => true,
+            };
+            if !idle_check {
+                break;
             }
-            _ = drain.wait_for(|d| *d) => false,
-            _ = stop.wait_for(|s| *s) => false,
-            _ = idle.as_mut() => true,
-        };
-        if !idle_check {
-            break;
-        }
-        if let Some(left) = activity.idle_for(limits.idle_timeout) {
-            idle.as_mut().reset(tokio::time::Instant::now() + left);
-            continue;
-        }
-        // Idle: HTTP/1.1 closes at once, HTTP/2 says GOAWAY first.
-        tracing::trace!(peer = %peer, "closing an idle connection");
-        conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
-        return;
-    }
-    // A connection accepted just before the drain may not have sent its first request yet:
-    // closing it now would lose a request the client cannot know to retry. Give it a moment.
-    let fresh_until = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
-    while !activity.seen_request.load(Ordering::Relaxed) && tokio::time::Instant::now() < fresh_until {
-        tokio::select! {
-            r = conn.as_mut() => {
-                let _ = r;
-                return;
+            if let Some(left) = self.activity.idle_for(self.idle_timeout) {
+                idle.as_mut().reset(tokio::time::Instant::now() + left);
+                continue;
             }
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            // Idle: HTTP/1.1 closes at once, HTTP/2 says GOAWAY first.
+            tracing::trace!(peer = %peer, "closing an idle connection");
+            shutdown(conn.as_mut());
+            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+            return;
         }
+        // A connection accepted just before the drain may not have sent its first request yet:
+        // closing it now would lose a request the client cannot know to retry. Give it a moment.
+        let fresh_until = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+        while !self.activity.seen_request.load(Ordering::Relaxed) && tokio::time::Instant::now() < fresh_until {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        // Finish the request in progress, then close; idle keep-alive connections close at once.
+        shutdown(conn.as_mut());
+        let _ = conn.await;
     }
-    // Finish the request in progress, then close; idle keep-alive connections close at once.
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 /// How long an idle connection told to close (HTTP/2: GOAWAY) may take to do so.

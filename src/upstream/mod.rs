@@ -724,25 +724,39 @@ async fn send_tls(
             Err(e) => return Err(e),
         }
     }
-    let stream = match tls.connect(backend.addr, pool.connect_timeout, upgrade).await {
-        Ok(s) => s,
+    // Boxed: opening a connection is rare (idle ones are reused) and its TLS and HTTP/2
+    // handshake state is large; inline, every request's future would carry that size, and
+    // hyper keeps one such future's room per client connection.
+    let opened = match Box::pin(open_tls(backend.addr, tls, pool.connect_timeout, upgrade)).await {
+        Ok(o) => o,
         Err(e) => return Err((e, Some(req))),
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let sender = match Box::pin(handshake_h2(stream)).await {
-            Ok(s) => s,
-            Err(e) => return Err((e, Some(req))),
-        };
-        backend.set_h2(Some(sender.clone()));
-        let resp = exchange_h2(pool, sender, req).await?;
-        return Ok((resp, None));
+    match opened {
+        Opened::H2(sender) => {
+            backend.set_h2(Some(sender.clone()));
+            let resp = exchange_h2(pool, sender, req).await?;
+            Ok((resp, None))
+        }
+        Opened::H1(mut sender) => {
+            let resp = exchange(pool, &mut sender, req).await?;
+            Ok((resp, Some(sender)))
+        }
     }
-    let mut sender = match handshake_h1(stream).await {
-        Ok(s) => s,
-        Err(e) => return Err((e, Some(req))),
-    };
-    let resp = exchange(pool, &mut sender, req).await?;
-    Ok((resp, Some(sender)))
+}
+
+/// A new connection to a TLS backend, by the protocol it chose.
+enum Opened {
+    H1(SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+async fn open_tls(addr: SocketAddr, tls: &BackendTls, timeout: Duration, h1_only: bool) -> Result<Opened, ProxyError> {
+    let stream = tls.connect(addr, timeout, h1_only).await?;
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Ok(Opened::H2(handshake_h2(stream).await?))
+    } else {
+        Ok(Opened::H1(handshake_h1(stream).await?))
+    }
 }
 
 /// Send on an HTTP/2 connection: the request goes as HTTP/2 with :scheme https and :authority

@@ -15,28 +15,43 @@ fn run(input: &[u8], splits: &[usize]) -> (Scanner, Option<(usize, Refusal)>) {
     (s, None)
 }
 
-/// The same outcome whether the bytes come at once, one by one, or split in two anywhere.
+/// The end of the last head in `input` (the index of its final LF), if any.
+fn last_head_end(input: &[u8]) -> Option<usize> {
+    let lf = input.windows(2).rposition(|w| w == b"\n\n").map(|p| p + 1);
+    let crlf = input.windows(4).rposition(|w| w == b"\r\n\r\n").map(|p| p + 3);
+    lf.into_iter().chain(crlf).max()
+}
+
+/// The same outcome whether the bytes come at once, one by one, or split in two anywhere (the
+/// whole-line and the byte-wise paths agree); a refusal always points before the end of the
+/// refused head, so hyper never receives it whole.
 fn outcome(input: &[u8]) -> Option<(usize, Refusal)> {
-    let (_, whole) = run(input, &[]);
+    let (scanner, whole) = run(input, &[]);
+    let state = |s: &Scanner| (s.phase, s.opaque(), s.heads(), s.in_head());
     let singles: Vec<usize> = (1..input.len()).collect();
-    assert_eq!(run(input, &singles).1, whole, "byte by byte");
+    let mut runs = Vec::new();
+    let mut check = |how: String, (s, r): (Scanner, Option<(usize, Refusal)>)| {
+        if r.is_none() && whole.is_none() {
+            assert_eq!(state(&s), state(&scanner), "{how}: where the scanner ends up");
+        }
+        runs.push((how, r));
+    };
+    check("byte by byte".to_string(), run(input, &singles));
     for cut in 1..input.len() {
-        assert_eq!(run(input, &[cut]).1, whole, "split at {cut}");
+        check(format!("split at {cut}"), run(input, &[cut]));
+    }
+    let end = last_head_end(input);
+    for (how, r) in runs.iter().chain(std::iter::once(&("at once".to_string(), whole))) {
+        assert_eq!(r.map(|r| r.1), whole.map(|r| r.1), "{how}");
+        if let (Some((at, _)), Some(end)) = (r, end) {
+            assert!(*at <= end, "{how}: refused at {at}, after the head's end {end}");
+        }
     }
     whole
 }
 
 fn refused(input: &[u8]) -> Refusal {
-    let (at, why) = outcome(input).unwrap_or_else(|| panic!("not refused: {:?}", String::from_utf8_lossy(input)));
-    // hyper never receives the whole refused head: its last byte is cut off.
-    let end = input.windows(2).rposition(|w| w == b"\n\n").map(|p| p + 1);
-    let end = end
-        .into_iter()
-        .chain(input.windows(4).rposition(|w| w == b"\r\n\r\n").map(|p| p + 3))
-        .max();
-    if let Some(end) = end {
-        assert!(at <= end, "refused at {at}, after the head's end {end}");
-    }
+    let (_, why) = outcome(input).unwrap_or_else(|| panic!("not refused: {:?}", String::from_utf8_lossy(input)));
     why
 }
 
