@@ -110,7 +110,12 @@ async fn fifty_reloads_under_keep_alive_load_lose_nothing_and_traffic_follows() 
                         .lock()
                         .unwrap()
                         .push(format!("{s} {}", String::from_utf8_lossy(&body))),
-                    Err(e) => failures.lock().unwrap().push(e),
+                    Err(e) => {
+                        // The connection is gone: every later request on it would fail at
+                        // once, so one failure says it all.
+                        failures.lock().unwrap().push(e);
+                        break;
+                    }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -118,6 +123,10 @@ async fn fifty_reloads_under_keep_alive_load_lose_nothing_and_traffic_follows() 
     }
 
     let mut probe = KeepAlive::open(p.addr()).await;
+    // Each change is also seen by the file watcher, which may reload it before the POST does
+    // (then the POST reloads the same file again): a generation per reload, at least one per
+    // change.
+    let mut generation = 1;
     for k in 1..=50u64 {
         let target = if k % 2 == 0 { "a" } else { "b" };
         let extra = if k % 3 == 0 {
@@ -132,7 +141,9 @@ async fn fifty_reloads_under_keep_alive_load_lose_nothing_and_traffic_follows() 
         .unwrap();
         let out = post_reload(&p).await;
         assert_eq!(out["ok"], true, "reload {k}: {out}");
-        assert_eq!(out["generation"], 1 + k, "reload {k}: {out}");
+        let g = out["generation"].as_u64().expect("generation");
+        assert!(g > generation, "reload {k} made no new generation: {out}");
+        generation = g;
         // The very next request on an old keep-alive connection follows the new route.
         let (status, body) = probe
             .get("/after-reload")
@@ -155,10 +166,10 @@ async fn fifty_reloads_under_keep_alive_load_lose_nothing_and_traffic_follows() 
         &failures[..failures.len().min(5)]
     );
     assert!(n >= 50, "too little load to mean anything: {n}");
-    assert_eq!(p.metric("waypost_config_generation").await, Some(51.0));
+    assert_eq!(p.metric("waypost_config_generation").await, Some(generation as f64));
     assert_eq!(
         p.metric("waypost_config_reloads_total{result=\"success\"}").await,
-        Some(50.0)
+        Some((generation - 1) as f64)
     );
 }
 
