@@ -21,11 +21,18 @@ Every --sample-every seconds it reads waypost's RSS (/proc/PID/status) and open 
 (/proc/PID/fd). At the end it prints a table over time and a verdict, and exits 1 if it fails:
 
 - failed idempotent requests (the GETs): must be 0. waypost retries an idempotent request on
-  another backend when its backend dies before answering, and b1, b2 or b4 is always up;
+  another backend when its backend dies before answering, and b1 is always up and in every
+  config version;
 - RSS and open descriptors flat: the median of the last samples (up to a minute's) no higher
   than the median of as many samples right after the warm-up, plus a tolerance
   (--rss-tolerance, --fd-tolerance); the trend (least squares) is printed too;
-- every reload accepted, and waypost still running.
+- every reload accepted, and waypost still running;
+- no stall of the whole machine (a sample more than three intervals late, as when another
+  process takes all memory): failures then say little about waypost, and the run is failed
+  with "run again".
+
+Runs shorter than two minutes or so are for trying the script out: waypost's RSS is still
+growing from its idle size then, and the RSS check may fail for that alone.
 
 Uploads and WebSocket sessions cut by b3's death are reported with their count, not failed:
 a POST whose body was already streamed to a backend that dies cannot be replayed safely, and a
@@ -581,7 +588,7 @@ def report(samples, alive, metrics, idle, quiet, work):
         # samples after the warm-up with the median of as many last samples (up to a minute's).
         w = max(1, min(6, len(after) // 3))
         first, last = after[:w], after[-w:]
-        span = f"{first[0][0]:.0f}-{first[-1][0]:.0f} s vs {last[0][0]:.0f}-{last[-1][0]:.0f} s"
+        span = f"at {last[0][0]:.0f}-{last[-1][0]:.0f} s vs at {first[0][0]:.0f}-{first[-1][0]:.0f} s"
         rss_ref, rss_end = statistics.median(s[1] for s in first), statistics.median(s[1] for s in last)
         rss_limit = rss_ref + max(rss_ref * args.rss_tolerance / 100, 4096)
         verdict.append((rss_end <= rss_limit,
@@ -599,6 +606,13 @@ def report(samples, alive, metrics, idle, quiet, work):
         verdict.append((False, "too few samples after the warm-up to judge RSS and fds (run longer)"))
     verdict.append((not stats.reloads_failed and stats.reloads_ok > 0, f"reloads accepted: {stats.reloads_ok}, refused or failed: {len(stats.reloads_failed)}"))
     verdict.append((alive, "waypost still running at the end" if alive else "waypost died"))
+    # A sampler much later than planned means the whole machine stalled (CPU or memory taken by
+    # something else): what failed then says little about waypost.
+    gaps = [(b[0], b[0] - a[0]) for a, b in zip([(0.0,)] + samples, samples)]
+    stalls = [(t, g) for t, g in gaps if g > 3 * args.sample_every]
+    if stalls:
+        verdict.append((False, "the machine stalled: samples late at " + ", ".join(
+            f"{t:.0f} s ({g:.0f} s after the one before)" for t, g in stalls) + "; run again"))
     unexpected = failed["upload"] + failed["websocket"]
     print()
     print("Verdict:")
