@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: install what the tests need (Debian packages, when missing),
-# then check formatting, lint, and run every test. Works from a fresh clone, as root, with no
-# stdin (CI runs it as `bash .ci/run`).
+# then check formatting, lint, run every test, and build the fuzz targets. Works from a fresh
+# clone, as root, with no stdin (CI runs it as `bash .ci/run`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,3 +45,14 @@ cargo clippy --all-targets -- -D warnings
 
 echo "test.sh: cargo test"
 cargo test
+
+# The fuzz targets (fuzz/, its own crate; docs/fuzzing.md). cargo test above already replays
+# their committed corpora on stable (tests/fuzz_corpus.rs); this proves the targets build. A
+# real fuzz build needs nightly and cargo-fuzz; without them, check the crate on stable.
+if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+    echo "test.sh: cargo +nightly fuzz build"
+    cargo +nightly fuzz build
+else
+    echo "test.sh: no nightly toolchain or no cargo-fuzz: cargo check of the fuzz crate on stable"
+    cargo check --manifest-path fuzz/Cargo.toml --bins
+fi

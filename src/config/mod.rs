@@ -309,19 +309,10 @@ pub fn parse(text: &str, base: Option<&Path>) -> Result<Config, Vec<Problem>> {
         Err(e) => {
             let ctx = Ctx::new(text);
             let line = ctx.line_of(e.span());
-            // One problem, one line: toml_edit's message may span several.
-            let msg = e
-                .message()
-                .trim()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
             return Err(vec![Problem {
                 path: "(syntax)".into(),
                 line,
-                message: msg,
+                message: reader::syntax_message(text, &e),
             }]);
         }
     };

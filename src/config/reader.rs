@@ -476,6 +476,32 @@ impl<'c, 's> Obj<'c, 's> {
     }
 }
 
+/// The reason of a TOML syntax error, on one line (toml_edit's message may span several). Some
+/// errors come without any message (a control character in a comment, found by fuzzing): those
+/// name the character found where the error is.
+pub(super) fn syntax_message(text: &str, e: &toml_edit::TomlError) -> String {
+    let msg = e
+        .message()
+        .trim()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if !msg.is_empty() {
+        return msg;
+    }
+    match e
+        .span()
+        .and_then(|s| text.get(s.start..))
+        .and_then(|t| t.chars().next())
+    {
+        Some(c) if c.is_control() => format!("control character U+{:04X} is not allowed here", u32::from(c)),
+        Some(c) => format!("unexpected character {c:?}"),
+        None => "unexpected end of the file".into(),
+    }
+}
+
 /// Parse "250ms", "2s", "5m", "1h", "7d" (and "0").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -560,6 +586,17 @@ mod tests {
         assert_eq!(parse_size("0").unwrap(), 0);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn a_control_character_in_a_comment_has_a_reason() {
+        // Found by the `config` fuzz target: toml_edit reports this error with an empty message,
+        // which `waypost check` printed as "(syntax):  (line 2)".
+        let problems = crate::config::parse("[server]\n# a\0b\n", None).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "(syntax)");
+        assert_eq!(problems[0].line, 2);
+        assert_eq!(problems[0].message, "control character U+0000 is not allowed here");
     }
 
     #[test]
