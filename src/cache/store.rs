@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
@@ -324,10 +324,10 @@ impl Cache {
 
     /// Remove what `what` names; returns how many stored responses went.
     pub fn purge(&self, what: &Purge) -> usize {
-        let split = |k: &[u8]| -> (Vec<u8>, Vec<u8>) {
-            let at = k.iter().position(|b| *b == b'/').unwrap_or(k.len());
-            (k[..at].to_vec(), k[at..].to_vec())
-        };
+        // A key is the host, then the path (which starts at the first '/').
+        fn split(k: &[u8]) -> (&[u8], &[u8]) {
+            k.split_at(k.iter().position(|b| *b == b'/').unwrap_or(k.len()))
+        }
         let host_ok = |want: &Option<String>, host: &[u8]| want.as_ref().map_or(true, |h| h.as_bytes() == host);
         let mut purged = 0;
         if let Purge::Tag(tag) = what {
@@ -365,8 +365,8 @@ impl Cache {
                 let (host, path) = split(k);
                 match what {
                     Purge::All => true,
-                    Purge::Url { host: h, path: p } => host_ok(h, &host) && path == p.as_bytes(),
-                    Purge::Prefix { host: h, prefix } => host_ok(h, &host) && path.starts_with(prefix.as_bytes()),
+                    Purge::Url { host: h, path: p } => host_ok(h, host) && path == p.as_bytes(),
+                    Purge::Prefix { host: h, prefix } => host_ok(h, host) && path.starts_with(prefix.as_bytes()),
                     Purge::Tag(_) => false,
                 }
             })
@@ -468,14 +468,10 @@ pub fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
     tags
 }
 
-/// Now, for the rules' clock arguments.
-pub fn now() -> SystemTime {
-    SystemTime::now()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     fn obj(body: &'static [u8], vary_key: &[u8], tags: &[&str]) -> Object {
         let h = HeaderMap::new();

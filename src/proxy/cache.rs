@@ -169,8 +169,18 @@ fn is_unsafe(m: &Method) -> bool {
 /// The request fields a cache's own revalidation replaces.
 const CLIENT_CONDITIONALS: [HeaderName; 3] = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_RANGE];
 
+/// The request fields of a cache's own revalidation of `stored`: the client's conditionals
+/// replaced by the stored validators.
+fn ask_to_revalidate(req: &mut HeaderMap, stored: &HeaderMap) {
+    for h in &CLIENT_CONDITIONALS {
+        req.remove(h);
+    }
+    req.extend(revalidation_headers(stored));
+}
+
 /// Phase 3: look the request up. `wait_for` bounds how long a request waits for another
-/// one's fetch of the same URL.
+/// one's fetch of the same URL. A hit touches nothing but the store: the [`Pending`] of a
+/// request that goes upstream is only made on the way out.
 pub async fn lookup(
     cache: &Arc<Cache>,
     rc: &RouteCache,
@@ -183,36 +193,35 @@ pub async fn lookup(
     let key = primary_key(host, pq);
     let method = parts.method.clone();
     let mut now = SystemTime::now();
-    let mut pending = Pending {
+    let mut collapsed = false;
+    let mut versioned = false;
+    let pending = |kind: Kind, key: Vec<u8>, now: SystemTime, collapsed: bool, versioned: bool| Pending {
         cache: cache.clone(),
-        key: Box::default(),
+        key: key.into_boxed_slice(),
         host: host.cloned(),
         method: method.clone(),
-        kind: Kind::Miss,
+        kind,
         req_headers: HeaderMap::new(),
         request_time: now,
         flight: None,
         stale: None,
-        collapsed: false,
-        versioned: false,
+        collapsed,
+        versioned,
         default_ttl: rc.cfg.default_ttl,
         versioned_ttl: rc.cfg.versioned_ttl,
         defaults: rc.defaults,
     };
     if method != Method::GET && method != Method::HEAD {
-        pending.kind = Kind::Bypass(Fwd::Method);
-        if is_unsafe(&method) {
-            pending.key = key.into_boxed_slice();
-        }
-        return Plan::Forward(pending);
+        // Unsafe methods keep the key: a success invalidates it.
+        let key = if is_unsafe(&method) { key } else { Vec::new() };
+        return Plan::Forward(pending(Kind::Bypass(Fwd::Method), key, now, false, false));
     }
     if upgrade {
-        pending.kind = Kind::Bypass(Fwd::Bypass);
-        return Plan::Forward(pending);
+        return Plan::Forward(pending(Kind::Bypass(Fwd::Bypass), Vec::new(), now, false, false));
     }
     if let Some(name) = rc.cfg.version_param.as_deref() {
         if let Some((version, base)) = version_of(pq, name) {
-            pending.versioned = true;
+            versioned = true;
             if method == Method::GET {
                 let mut base_key = primary_key(host, "");
                 base_key.extend_from_slice(base.as_bytes());
@@ -232,26 +241,28 @@ pub async fn lookup(
             } else {
                 Some(Vec::new())
             };
-            let found = vkey.as_deref().and_then(|k| res.variant(k)).cloned();
-            if found
-                .as_ref()
-                .is_some_and(|o| authorized && !allows_authorized(&o.headers))
-            {
-                pending.kind = Kind::Bypass(Fwd::Bypass);
-                return Plan::Forward(pending);
+            let found = vkey.as_deref().and_then(|k| res.variant(k));
+            if found.is_some_and(|o| authorized && !allows_authorized(&o.headers)) {
+                return Plan::Forward(pending(
+                    Kind::Bypass(Fwd::Bypass),
+                    Vec::new(),
+                    now,
+                    collapsed,
+                    versioned,
+                ));
             }
             if let Some(obj) = found {
                 match evaluate(&req_cc, &obj.facts, &rc.defaults, now) {
                     Decision::Fresh => {
                         let status = CacheStatus {
-                            collapsed: pending.collapsed,
+                            collapsed,
                             ..CacheStatus::hit(obj.facts.ttl(now))
                         };
-                        return Plan::Serve(serve(&obj, &method, &parts.headers, now, &status), CacheResult::Hit);
+                        return Plan::Serve(serve(obj, &method, &parts.headers, now, &status), CacheResult::Hit);
                     }
                     Decision::StaleAccepted => {
                         let status = CacheStatus::hit(obj.facts.ttl(now));
-                        return Plan::Serve(serve(&obj, &method, &parts.headers, now, &status), CacheResult::Stale);
+                        return Plan::Serve(serve(obj, &method, &parts.headers, now, &status), CacheResult::Stale);
                     }
                     Decision::GatewayTimeout => return Plan::Serve(only_if_cached(), CacheResult::Miss),
                     Decision::Stale {
@@ -259,7 +270,7 @@ pub async fn lookup(
                         ..
                     } => {
                         let status = CacheStatus::hit(obj.facts.ttl(now));
-                        let resp = serve(&obj, &method, &parts.headers, now, &status);
+                        let resp = serve(obj, &method, &parts.headers, now, &status);
                         if obj
                             .refreshing
                             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
@@ -268,26 +279,22 @@ pub async fn lookup(
                             return Plan::Serve(resp, CacheResult::Stale);
                         }
                         // The refresh is a GET of its own, whatever the client asked.
-                        pending.req_headers = parts.headers.clone();
-                        pending.method = Method::GET;
+                        let mut p = pending(Kind::Revalidate(obj.clone()), key, now, collapsed, versioned);
+                        p.req_headers = parts.headers.clone();
+                        p.method = Method::GET;
                         parts.method = Method::GET;
                         parts.headers.remove(header::RANGE);
-                        for h in &CLIENT_CONDITIONALS {
-                            parts.headers.remove(h);
-                        }
-                        parts.headers.extend(revalidation_headers(&obj.headers));
-                        pending.key = key.into_boxed_slice();
-                        pending.kind = Kind::Revalidate(obj);
-                        return Plan::Refresh(resp, pending);
+                        ask_to_revalidate(&mut parts.headers, &obj.headers);
+                        return Plan::Refresh(resp, p);
                     }
                     Decision::Stale { may_serve_if_error, .. } => {
                         if may_serve_if_error {
                             stale = Some(obj.clone());
                         }
-                        revalidate = obj.facts.has_validator.then_some(obj);
+                        revalidate = obj.facts.has_validator.then(|| obj.clone());
                     }
                     Decision::MustRevalidate { .. } => {
-                        revalidate = obj.facts.has_validator.then_some(obj);
+                        revalidate = obj.facts.has_validator.then(|| obj.clone());
                     }
                 }
             }
@@ -297,39 +304,46 @@ pub async fn lookup(
             return Plan::Serve(only_if_cached(), CacheResult::Miss);
         }
         if method == Method::HEAD {
-            pending.kind = Kind::Head;
-            pending.stale = stale;
-            return Plan::Forward(pending);
+            let mut p = pending(Kind::Head, Vec::new(), now, collapsed, versioned);
+            p.stale = stale;
+            return Plan::Forward(p);
         }
         if range {
             // Range requests are answered from a fresh stored response; anything else about
             // them goes straight through, not stored.
-            pending.kind = Kind::Bypass(Fwd::Partial);
-            return Plan::Forward(pending);
+            return Plan::Forward(pending(
+                Kind::Bypass(Fwd::Partial),
+                Vec::new(),
+                now,
+                collapsed,
+                versioned,
+            ));
         }
-        if !pending.collapsed {
+        let mut flight = None;
+        if !collapsed {
             match cache.join_flight(&key) {
                 Flight::Follower(rx) => {
                     store::wait(rx, wait_for).await;
-                    pending.collapsed = true;
+                    collapsed = true;
                     now = SystemTime::now();
-                    pending.request_time = now;
                     continue;
                 }
-                Flight::Leader(guard) => pending.flight = Some(guard),
+                Flight::Leader(guard) => flight = Some(guard),
             }
         }
-        pending.req_headers = parts.headers.clone();
-        if let Some(obj) = revalidate {
-            for h in &CLIENT_CONDITIONALS {
-                parts.headers.remove(h);
+        let req_headers = parts.headers.clone();
+        let kind = match revalidate {
+            Some(obj) => {
+                ask_to_revalidate(&mut parts.headers, &obj.headers);
+                Kind::Revalidate(obj)
             }
-            parts.headers.extend(revalidation_headers(&obj.headers));
-            pending.kind = Kind::Revalidate(obj);
-        }
-        pending.stale = stale;
-        pending.key = key.into_boxed_slice();
-        return Plan::Forward(pending);
+            None => Kind::Miss,
+        };
+        let mut p = pending(kind, key, now, collapsed, versioned);
+        p.req_headers = req_headers;
+        p.flight = flight;
+        p.stale = stale;
+        return Plan::Forward(p);
     }
 }
 
