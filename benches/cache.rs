@@ -17,8 +17,8 @@ use http::{Request, StatusCode};
 use waypost::cache::rules::{vary_key, EntryFacts};
 use waypost::cache::store::Object;
 use waypost::cache::Cache;
+use waypost::cache::{lookup, primary_key, Plan, RouteCache};
 use waypost::config::{CacheConfig, RouteCacheConfig};
-use waypost::proxy::cache::{lookup, primary_key, Plan, RouteCache};
 
 const URLS: usize = 10_000;
 
@@ -83,9 +83,16 @@ fn bench(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter(|| {
                 let mut p = parts.clone();
-                let plan = lookup(&cache, &rc, &mut p, Some(&host), false, Duration::from_secs(1))
-                    .now_or_never()
-                    .expect("a hit does not wait");
+                let plan = lookup(
+                    Some(&cache),
+                    Some(&rc),
+                    &mut p,
+                    Some(&host),
+                    false,
+                    Duration::from_secs(1),
+                )
+                .now_or_never()
+                .expect("a hit does not wait");
                 match plan {
                     Plan::Serve(resp, _) => {
                         assert_eq!(resp.status(), want);
@@ -113,9 +120,16 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cache miss decision", |b| {
         b.iter(|| {
             let mut p = parts.clone();
-            let plan = lookup(&cache, &rc, &mut p, Some(&host), false, Duration::from_secs(1))
-                .now_or_never()
-                .expect("a miss leads at once");
+            let plan = lookup(
+                Some(&cache),
+                Some(&rc),
+                &mut p,
+                Some(&host),
+                false,
+                Duration::from_secs(1),
+            )
+            .now_or_never()
+            .expect("a miss leads at once");
             // Dropping the plan ends its flight, so every iteration leads a new one.
             black_box(matches!(plan, Plan::Forward(_)))
         })

@@ -40,6 +40,8 @@ pub struct Record {
     pub backend: Option<Arc<str>>,
     pub flags: u16,
     pub error: Option<&'static str>,
+    /// With `error`: who is to blame (client, upstream or proxy).
+    pub blame: Option<&'static str>,
     /// For split routes: primary or replica.
     pub target: Option<&'static str>,
     /// On cached routes: hit, miss, stale, revalidated or bypass.
@@ -181,6 +183,9 @@ pub fn json_line(s: &mut String, r: &Record) {
     if let Some(c) = r.cache {
         let _ = write!(s, ",\"cache\":\"{c}\"");
     }
+    if let Some(b) = r.blame {
+        let _ = write!(s, ",\"blame\":\"{b}\"");
+    }
     s.push_str(",\"flags\":[");
     let mut first = true;
     for (bit, name) in flags::NAMES {
@@ -316,6 +321,7 @@ mod tests {
             backend: Some("127.0.0.1:9001".into()),
             flags: flags::RETRIED,
             error: None,
+            blame: None,
             target: None,
             cache: None,
             region: None,

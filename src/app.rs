@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, metrics};
 use crate::config::{self, Config, ListenerConfig, LoadError};
 use crate::health::probe::Prober;
-use crate::listener::{self, ConnGate, ListenerStats};
+use crate::listener::{self, ConnGate, ListenerStats, Plane};
 use crate::state::State;
 use crate::upstream;
 use crate::upstream::dns::Watcher;
@@ -25,11 +25,10 @@ use crate::{lifecycle, systemd};
 
 /// Process-wide state that outlives generations.
 pub struct Shared {
-    pub state: ArcSwap<State>,
+    /// What the listeners share with the control plane: the generation, the connection gate
+    /// and the drain signal. `shared.state` and the like reach it through `Deref`.
+    pub plane: Arc<Plane>,
     pub config_path: Option<PathBuf>,
-    pub gate: ConnGate,
-    /// Turns true once at shutdown: every connection finishes its request and closes.
-    pub drain: watch::Sender<bool>,
     pub ready: AtomicBool,
     pub listeners: Mutex<HashMap<String, RunningListener>>,
     workers: Vec<mpsc::UnboundedSender<WorkerCmd>>,
@@ -50,13 +49,21 @@ pub struct Shared {
     last_success: AtomicU64,
 }
 
+impl std::ops::Deref for Shared {
+    type Target = Plane;
+
+    fn deref(&self) -> &Plane {
+        &self.plane
+    }
+}
+
 impl Shared {
     pub fn last_success(&self) -> f64 {
         f64::from_bits(self.last_success.load(Ordering::Relaxed))
     }
 
     fn mark_success(&self, generation: u64) -> f64 {
-        let t = now_unix();
+        let t = crate::clock::unix_f64();
         self.last_success.store(t.to_bits(), Ordering::Relaxed);
         metrics::set_generation(generation, t);
         t
@@ -86,7 +93,7 @@ enum WorkerCmd {
         socket: std::net::TcpListener,
         stats: Arc<ListenerStats>,
         stop: watch::Receiver<bool>,
-        shared: Arc<Shared>,
+        plane: Arc<Plane>,
     },
 }
 
@@ -96,13 +103,6 @@ pub struct ReloadOutcome {
     pub ok: bool,
     pub generation: u64,
     pub errors: Vec<String>,
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Raise the soft open-files limit to the hard limit: a proxy holds two descriptors per request.
@@ -210,17 +210,19 @@ async fn control(config: Config, config_path: Option<PathBuf>, workers: usize, o
             .context("cannot start a worker thread")?;
     }
     let shared = Arc::new(Shared {
-        state: ArcSwap::from_pointee(state),
+        plane: Arc::new(Plane {
+            state: ArcSwap::from_pointee(state),
+            gate: ConnGate::new(max_conns),
+            drain: watch::channel(false).0,
+        }),
         config_path,
-        gate: ConnGate::new(max_conns),
-        drain: watch::channel(false).0,
         ready: AtomicBool::new(false),
         listeners: Mutex::new(HashMap::new()),
         workers: senders,
         reload_lock: tokio::sync::Mutex::new(()),
         last_reload: Mutex::new(LastReload {
             ok: true,
-            time_unix: now_unix(),
+            time_unix: crate::clock::unix_f64(),
             errors: vec![],
         }),
         last_success: AtomicU64::new(0),
@@ -340,9 +342,9 @@ fn worker(id: usize, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
                     socket,
                     stats,
                     stop,
-                    shared,
+                    plane,
                 } => {
-                    tokio::spawn(listener::accept_loop(socket, stats, shared, stop));
+                    tokio::spawn(listener::accept_loop(socket, stats, plane, stop));
                 }
             }
         }
@@ -374,7 +376,7 @@ fn start_listener(shared: &Arc<Shared>, cfg: &ListenerConfig, socket: std::net::
                     socket: s,
                     stats: stats.clone(),
                     stop: stop_rx.clone(),
-                    shared: shared.clone(),
+                    plane: shared.plane.clone(),
                 });
             }
             Err(e) => {
@@ -425,7 +427,7 @@ async fn reload_locked(shared: &Arc<Shared>) -> ReloadOutcome {
         if let Ok(mut l) = shared.last_reload.lock() {
             *l = LastReload {
                 ok: false,
-                time_unix: now_unix(),
+                time_unix: crate::clock::unix_f64(),
                 errors: errors.clone(),
             };
         }

@@ -35,6 +35,17 @@ pub enum Blame {
     Proxy,
 }
 
+impl Blame {
+    /// The `blame` label of waypost_errors_total and the access log's `blame` field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Proxy => "proxy",
+        }
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -1,32 +1,45 @@
 //! waypost: a layer-7 reverse proxy and load balancer.
 //!
-//! Crate map (read this first):
-//! - [`config`]: TOML → validated [`config::Config`], every problem with key path and line.
-//! - [`state`]: one immutable generation of the running config (router, pools, log sink),
-//!   built from the config and the previous generation, swapped in with arc-swap.
-//! - [`proxy`]: the request pipeline, its phases in order; `proxy::headers` holds the
-//!   forwarding rules, `proxy::body` the one body type.
-//! - [`router`]: host and path matching. [`balancer`]: picking policies (pure).
-//! - [`upstream`]: backends, their idle connections, dialing, forwarding and retries.
+//! Crate map (read this first; docs/design.md draws it). Dependencies point downward:
+//! - app level: [`app`] (start-up, worker runtimes, signals, reload, graceful shutdown),
+//!   [`admin`] (the admin API; `admin::metrics` names every metric), [`lifecycle`] (watchdog,
+//!   config-file watcher, binary upgrade), [`demo`], [`systemd`] (the service manager's protocols).
 //! - [`listener`]: binding, accepting under the connection limit, serving connections; the
-//!   client limits (`listener::guard`) and the HTTP/1 framing scanner (`listener::framing`).
-//! - [`admin`]: the admin API; `admin::metrics` names every metric.
-//! - [`app`]: start-up, worker runtimes, signals, reload, graceful shutdown.
-//! - [`error`]: the one error table (status, body, blame, retry rules).
-//! - [`accesslog`]: JSON / combined access log written off the request path.
+//!   client limits (`listener::guard`), the HTTP/1 framing scanner (`listener::framing`), TLS
+//!   termination (`listener::tls`), PROXY protocol. Shares [`listener::Plane`] with `app`.
+//! - [`proxy`]: the request pipeline, its phases in order, and its one exit (`proxy::Account`).
+//! - [`cache`]: the response cache: `cache::lookup` (phase 3), `cache::Plan::forward` (phases 6
+//!   and 7), the store and the RFC 9111 rules.
+//! - [`state`]: one immutable generation of the running config (router, pools, log sink), built
+//!   from the config and the previous generation, swapped in with arc-swap.
+//! - [`upstream`]: backends, their idle connections, pools and picking, forwarding and retries,
+//!   dialing, TLS to backends, DNS. [`health`]: health state, rules and probes.
+//! - [`body`]: the one body type. [`accesslog`]: JSON / combined access log written off the
+//!   request path.
+//! - leaves: [`config`] (TOML → validated plain data, every problem with key path and line),
+//!   [`router`] (host and path matching), [`balancer`] (picking policies, pure), [`error`] (the
+//!   one error table: status, body, blame, retry rules), [`headers`] (forwarding rules for
+//!   header fields), [`session`] (signed cookies), [`net`] (addresses, CIDR tables), [`clock`]
+//!   (the one clock).
 //! - [`testbackend`]: the test backend used by `waypost demo` and the integration tests.
+
+#![warn(clippy::disallowed_methods)]
 
 pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod lifecycle;
 pub mod listener;
+pub mod net;
 pub mod proxy;
 pub mod router;
 pub mod session;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use crate::accesslog::AccessLog;
 use crate::admin::metrics::{RouteMetrics, StickyMetrics};
 use crate::cache::Cache;
+use crate::cache::RouteCache;
 use crate::config::{Config, GeoConfig, PathMatch, Problem, SplitConfig, StickyConfig};
+pub use crate::config::{ListenerId, PoolId, RouteId};
 use crate::listener::tls::TlsListener;
-use crate::proxy::cache::RouteCache;
 use crate::router::Router;
 use crate::session::SessionKey;
 use crate::upstream::dns::Resolved;
@@ -17,14 +18,14 @@ use crate::upstream::Pool;
 
 pub struct Route {
     pub name: Arc<str>,
-    pub pool: usize,
+    pub pool: PoolId,
     /// Bytes of matched prefix removed before forwarding (0: none).
     pub strip: usize,
     pub metrics: RouteMetrics,
     pub sticky: Option<Sticky>,
     pub split: Option<Split>,
     /// Geo routes: the pools of `pools = [...]`, in listed order (empty otherwise).
-    pub geo_pools: Vec<usize>,
+    pub geo_pools: Vec<PoolId>,
     /// `[route.cache]`: settings and counters.
     pub cache: Option<RouteCache>,
 }
@@ -105,8 +106,8 @@ impl Geo {
 
 /// A database-bound route's split: pool indexes, settings and metric handles.
 pub struct Split {
-    pub primary: usize,
-    pub replicas: usize,
+    pub primary: PoolId,
+    pub replicas: PoolId,
     pub cfg: SplitConfig,
     pub to_primary: metrics::Counter,
     pub to_replica: metrics::Counter,
@@ -153,28 +154,40 @@ impl State {
                 Arc::new(Pool::new(pc, prev.map(|p| &**p), resolved))
             })
             .collect();
-        let routes = config
+        let mut problems = Vec::new();
+        // Validation made sure every pool a route names exists; a name that does not resolve
+        // here is reported, never mapped to some other pool.
+        let mut pool_id = |route: usize, name: &str| match pools.iter().position(|p| *p.name == *name) {
+            Some(i) => PoolId::new(i),
+            None => {
+                problems.push(Problem {
+                    path: format!("route[{route}]"),
+                    line: 0,
+                    message: format!("unknown pool {name:?}"),
+                });
+                PoolId::new(0)
+            }
+        };
+        let routes: Vec<Route> = config
             .routes
             .iter()
-            .map(|rc| Route {
+            .enumerate()
+            .map(|(i, rc)| Route {
                 name: rc.name.as_str().into(),
-                pool: pools.iter().position(|p| *p.name == *rc.pool).unwrap_or(0),
+                pool: pool_id(i, &rc.pool),
                 strip: match (&rc.path, rc.strip_prefix) {
                     (PathMatch::Prefix(p), true) => p.trim_end_matches('/').len(),
                     _ => 0,
                 },
                 metrics: RouteMetrics::new(&rc.name, &listeners),
                 geo_pools: if rc.pools.len() > 1 {
-                    rc.pools
-                        .iter()
-                        .filter_map(|n| pools.iter().position(|p| *p.name == **n))
-                        .collect()
+                    rc.pools.iter().map(|n| pool_id(i, n)).collect()
                 } else {
                     Vec::new()
                 },
                 split: rc.split.clone().map(|cfg| Split {
-                    primary: pools.iter().position(|p| *p.name == *cfg.primary).unwrap_or(0),
-                    replicas: pools.iter().position(|p| *p.name == *cfg.replicas).unwrap_or(0),
+                    primary: pool_id(i, &cfg.primary),
+                    replicas: pool_id(i, &cfg.replicas),
                     to_primary: crate::admin::metrics::split_counter(&rc.name, "primary"),
                     to_replica: crate::admin::metrics::split_counter(&rc.name, "replica"),
                     cfg,
@@ -186,6 +199,9 @@ impl State {
                 }),
             })
             .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         // The configured key; else the previous generation's random one (cookies survive a
         // reload); else a new random one, with a warning at the first generation.
         let session = match (&config.session.key, previous) {
@@ -225,17 +241,13 @@ impl State {
         } else {
             None
         };
-        let mut problems = Vec::new();
         let listener_tls = config
             .listeners
             .iter()
             .enumerate()
             .map(|(i, l)| {
                 let tls = l.tls.as_ref()?;
-                let prev = previous.and_then(|p| {
-                    let j = p.listener_index(&l.name);
-                    p.listener_tls.get(j).cloned().flatten()
-                });
+                let prev = previous.and_then(|p| p.tls_for(&l.name));
                 match TlsListener::build(&l.name, tls, prev.as_deref()) {
                     Ok(t) => Some(Arc::new(t)),
                     Err(e) => {
@@ -269,7 +281,8 @@ impl State {
 
     /// The TLS of the listener named `name` in this generation, if it has TLS.
     pub fn tls_for(&self, name: &str) -> Option<Arc<TlsListener>> {
-        self.listener_tls.get(self.listener_index(name)).cloned().flatten()
+        self.listener_id(name)
+            .and_then(|id| self.listener_tls[id.index()].clone())
     }
 
     /// The listener named `name` as this generation configures it.
@@ -277,7 +290,21 @@ impl State {
         self.config.listeners.iter().find(|l| l.name == name)
     }
 
-    pub fn listener_index(&self, name: &str) -> usize {
-        self.listeners.iter().position(|l| &**l == name).unwrap_or(usize::MAX)
+    /// The listener named `name` in this generation (None: a reload removed it, and this is one
+    /// of its connections still open).
+    pub fn listener_id(&self, name: &str) -> Option<ListenerId> {
+        self.listeners.iter().position(|l| &**l == name).map(ListenerId::new)
+    }
+
+    pub fn listener_name(&self, id: Option<ListenerId>) -> &str {
+        id.map(|l| &*self.listeners[l.index()]).unwrap_or("")
+    }
+
+    pub fn pool(&self, id: PoolId) -> &Arc<Pool> {
+        &self.pools[id.index()]
+    }
+
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.index()]
     }
 }

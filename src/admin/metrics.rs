@@ -42,6 +42,7 @@ pub const CACHE_REQUESTS_TOTAL: &str = "waypost_cache_requests_total";
 pub const CACHE_BYTES: &str = "waypost_cache_bytes";
 pub const CACHE_ENTRIES: &str = "waypost_cache_entries";
 pub const CACHE_PURGED_TOTAL: &str = "waypost_cache_purged_total";
+pub const ERRORS_TOTAL: &str = "waypost_errors_total";
 
 /// Status classes as label values; index 5 is a transport failure with no status at all.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -189,6 +190,10 @@ fn describe() {
     );
     describe_gauge!(CACHE_ENTRIES, "Stored responses (each Vary variant counts).");
     describe_counter!(CACHE_PURGED_TOTAL, "Stored responses removed by POST /cache/purge.");
+    describe_counter!(
+        ERRORS_TOTAL,
+        "Requests answered from the error table, by route (\"\" when none matched), kind (the access log's error flag) and blame (client, upstream or proxy)."
+    );
     describe_gauge!(
         TLS_CERT_NOT_AFTER,
         Unit::Seconds,
@@ -221,8 +226,8 @@ impl RouteMetrics {
         }
     }
 
-    pub fn request(&self, listener: usize, class: usize) {
-        if let Some(per) = self.requests.get(listener) {
+    pub fn request(&self, listener: Option<crate::config::ListenerId>, class: usize) {
+        if let Some(per) = listener.and_then(|l| self.requests.get(l.index())) {
             per[class].increment(1);
         }
     }
@@ -243,6 +248,11 @@ pub fn set_cache(bytes: u64, entries: u64) {
 }
 
 /// Requests that matched no route still count, under route "".
+/// One request answered with an error of `kind` (a [`crate::error::ProxyError::flag`]).
+pub fn error(route: &str, kind: &'static str, blame: &'static str) {
+    counter!(ERRORS_TOTAL, "route" => route.to_string(), "kind" => kind, "blame" => blame).increment(1);
+}
+
 pub fn unrouted(listener: &str, class: usize) {
     counter!(REQUESTS_TOTAL, "listener" => listener.to_string(), "route" => "", "status_class" => STATUS_CLASSES[class]).increment(1);
 }

@@ -331,7 +331,7 @@ fn status(shared: &Shared) -> serde_json::Value {
     let routes: Vec<_> = state
         .routes
         .iter()
-        .map(|r| json!({"name": &*r.name, "pool": &*state.pools[r.pool].name}))
+        .map(|r| json!({"name": &*r.name, "pool": &*state.pool(r.pool).name}))
         .collect();
     let last = shared.last_reload.lock().map(|l| l.clone()).unwrap_or_default();
     json!({

@@ -96,6 +96,19 @@ impl Object {
         )
     }
 
+    /// Claim this entry's background refresh (stale-while-revalidate): true for the one request
+    /// that takes it, false while another refresh runs.
+    pub fn begin_refresh(&self) -> bool {
+        self.refreshing
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     pub fn weight(&self) -> usize {
         self.weight
     }
@@ -302,7 +315,11 @@ impl Cache {
         let key_len = key.len();
         self.store.entry(key.into()).and_compute_with(|current| match current {
             Some(c) if !c.value().variants.is_empty() => Op::Nop,
-            _ => self.put(Resource::new(Vec::new(), Some(Instant::now() + PASS_FOR), key_len)),
+            _ => self.put(Resource::new(
+                Vec::new(),
+                Some(crate::clock::now().into_std() + PASS_FOR),
+                key_len,
+            )),
         });
     }
 
@@ -471,11 +488,10 @@ pub fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     fn obj(body: &'static [u8], vary_key: &[u8], tags: &[&str]) -> Object {
         let h = HeaderMap::new();
-        let now = SystemTime::now();
+        let now = crate::clock::wall();
         let facts = EntryFacts::new(&h, Duration::from_secs(60), now, now);
         Object::new(
             StatusCode::OK,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::reader::{At, Ctx, Obj};
 use super::{check_name, resolve};
-use crate::router::geo::{RegionTable, TrustedProxies};
+use crate::net::cidr::{RegionTable, TrustedProxies};
 
 #[derive(Clone)]
 pub struct GeoConfig {

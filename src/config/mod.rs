@@ -3,6 +3,8 @@
 
 mod cache;
 mod geo;
+mod health;
+pub mod ids;
 mod pool;
 mod reader;
 mod route;
@@ -15,11 +17,12 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::health::probe::HealthCheck;
-use crate::health::Passive;
 pub use cache::{CacheConfig, RouteCacheConfig};
 pub use geo::{DatacenterConfig, GeoConfig};
+pub use health::{parse_status_ranges, HealthCheck, Passive};
+pub use ids::{ListenerId, PoolId, RouteId};
 use pool::read_pool;
+pub use pool::{load_trust_roots, UpstreamTlsConfig};
 use route::{check_shadowed_routes, read_route, RouteAt};
 
 pub use reader::{parse_duration, parse_size, At, Problem};
@@ -236,7 +239,7 @@ pub struct PoolConfig {
     /// Requests that may wait for a slot, per backend.
     pub queue_size: u32,
     /// `tls = true`: TLS to the backends, verified against `ca_file` or the system roots.
-    pub tls: Option<std::sync::Arc<crate::upstream::tls::UpstreamTls>>,
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -2,15 +2,15 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+
 use super::reader::{At, Obj};
 use super::{check_name, positive_duration, BackendAddress, BackendConfig, Balance, HashKey, PoolConfig};
-use crate::health::probe::{parse_status_ranges, HealthCheck};
-use crate::health::Passive;
-use crate::upstream::tls::UpstreamTls;
+use super::{parse_status_ranges, HealthCheck, Passive};
 
 pub(super) fn read_pool(o: &Obj, base: Option<&Path>) -> Option<(PoolConfig, At)> {
     let name = o.req_str("name");
@@ -148,7 +148,7 @@ pub(super) fn read_pool(o: &Obj, base: Option<&Path>) -> Option<(PoolConfig, At)
 
 /// `tls` and `ca_file`: the CA bundle is read and parsed now, so a bad one is a config error.
 /// A relative `ca_file` is taken from the config file's directory, like every other path.
-fn read_upstream_tls(o: &Obj, base: Option<&Path>) -> Option<Arc<UpstreamTls>> {
+fn read_upstream_tls(o: &Obj, base: Option<&Path>) -> Option<UpstreamTlsConfig> {
     let tls = o.bool("tls").unwrap_or(false);
     let ca_file = o.str("ca_file");
     if !tls {
@@ -163,13 +163,60 @@ fn read_upstream_tls(o: &Obj, base: Option<&Path>) -> Option<Arc<UpstreamTls>> {
     }
     let key = if ca_file.is_some() { "ca_file" } else { "tls" };
     let ca_path = ca_file.as_deref().map(|f| super::resolve(base, f));
-    match UpstreamTls::load(ca_path.as_deref()) {
-        Ok(t) => Some(Arc::new(t)),
+    match load_trust_roots(ca_path.as_deref()) {
+        Ok(t) => Some(t),
         Err(e) => {
             o.problem(key, e);
             None
         }
     }
+}
+
+/// `tls = true` on a pool: the trust roots its backends' certificates are verified against,
+/// read and checked while the config is validated.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsConfig {
+    /// None: the system's root certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Identifies the trust roots, so a reload with the same ones keeps the pool's backends.
+    pub digest: String,
+    pub roots: Arc<[CertificateDer<'static>]>,
+}
+
+/// Trust roots from `ca_file` (a PEM bundle) or, without it, the system's store. Each one is
+/// checked the way the TLS client will use it.
+pub fn load_trust_roots(ca_file: Option<&Path>) -> Result<UpstreamTlsConfig, String> {
+    let (roots, digest) = match ca_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let certs = super::tls::parse_chain(path, &bytes)?;
+            let mut store = rustls::RootCertStore::empty();
+            for c in &certs {
+                store
+                    .add(c.clone())
+                    .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+            }
+            (certs, super::digest(&bytes))
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let mut store = rustls::RootCertStore::empty();
+            let usable: Vec<_> = found
+                .certs
+                .into_iter()
+                .filter(|c| store.add(c.clone()).is_ok())
+                .collect();
+            if usable.is_empty() {
+                return Err("no system root certificates found (install ca-certificates, or set ca_file)".to_string());
+            }
+            (usable, "system".to_string())
+        }
+    };
+    Ok(UpstreamTlsConfig {
+        ca_file: ca_file.map(Path::to_path_buf),
+        digest,
+        roots: roots.into(),
+    })
 }
 
 fn read_health(h: &Obj) -> HealthCheck {

@@ -7,14 +7,10 @@
 pub mod probe;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Milliseconds since this process started: the clock of every health timestamp.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+/// The clock of every health timestamp: milliseconds on the one clock.
+pub use crate::clock::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checked {
@@ -81,13 +77,7 @@ impl Default for Health {
     }
 }
 
-/// Passive ejection settings of a pool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Passive {
-    pub consecutive_failures: u32,
-    pub eject_for: Duration,
-    pub max_ejected_percent: u32,
-}
+pub use crate::config::Passive;
 
 /// The back-off for the n-th ejection in a row (1-based): base, 2x, 4x, 8x, then 10x at most.
 pub fn eject_duration(base: Duration, n: u32) -> Duration {

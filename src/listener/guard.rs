@@ -248,7 +248,7 @@ fn answer(why: Refusal) -> Vec<u8> {
         why.status(),
         why.reason_phrase(),
         body.len(),
-        crate::cache::rules::fmt_http_date(std::time::SystemTime::now()),
+        crate::cache::rules::fmt_http_date(crate::clock::wall()),
     )
     .into_bytes()
 }

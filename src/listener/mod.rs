@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::Counter;
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,9 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::admin::metrics;
-use crate::app::Shared;
 use crate::config::ServerConfig;
 use crate::proxy::{self, ConnInfo};
+use crate::state::State;
 use guard::{Activity, Guard, Limits, Tracked};
 
 pub mod framing;
@@ -55,6 +56,15 @@ impl ListenerStats {
 }
 
 /// The process-wide count of open client connections, with the limit past which accepting pauses.
+/// What the listeners share with the control plane: the current generation (each request loads
+/// it once), the connection gate and the drain signal.
+pub struct Plane {
+    pub state: ArcSwap<State>,
+    pub gate: ConnGate,
+    /// Turns true once at shutdown: every connection finishes its request and closes.
+    pub drain: watch::Sender<bool>,
+}
+
 pub struct ConnGate {
     active: AtomicUsize,
     max: AtomicUsize,
@@ -127,7 +137,7 @@ impl ConnGate {
 /// Counts one client connection open until the last holder drops it: the connection task, and
 /// a WebSocket or other upgraded tunnel that outlives the HTTP exchange.
 struct Open {
-    shared: Arc<Shared>,
+    shared: Arc<Plane>,
     stats: Arc<ListenerStats>,
 }
 
@@ -217,7 +227,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn sniff(
     stream: &TcpStream,
     head_deadline: tokio::time::Instant,
-    shared: &Shared,
+    shared: &Plane,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Proto> {
     let mut buf = [0u8; 24];
@@ -258,7 +268,7 @@ fn limits(cfg: &ServerConfig) -> Limits {
 pub async fn accept_loop(
     listener: std::net::TcpListener,
     stats: Arc<ListenerStats>,
-    shared: Arc<Shared>,
+    shared: Arc<Plane>,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -326,7 +336,7 @@ async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     stats: Arc<ListenerStats>,
-    shared: Arc<Shared>,
+    shared: Arc<Plane>,
     http: Http,
     stop: watch::Receiver<bool>,
 ) {
@@ -335,7 +345,7 @@ async fn serve(
         stats: stats.clone(),
     });
     let _ = stream.set_nodelay(true);
-    let head_deadline = tokio::time::Instant::now() + http.1.header_read_timeout;
+    let head_deadline = crate::clock::now() + http.1.header_read_timeout;
     let (tls, redirect_https) = {
         let state = shared.state.load();
         (
@@ -386,7 +396,7 @@ struct Conn {
     /// The client: the socket's peer, or the PROXY header's source.
     peer: SocketAddr,
     stats: Arc<ListenerStats>,
-    shared: Arc<Shared>,
+    shared: Arc<Plane>,
     http: Http,
     stop: watch::Receiver<bool>,
     /// The connection's place in the counts; the HTTP exchange takes it over.
@@ -460,7 +470,7 @@ where
     };
     drop(tls);
     // The first head is due header_read_timeout after the handshake; ALPN names the protocol.
-    conn.head_deadline = tokio::time::Instant::now() + conn.http.1.header_read_timeout;
+    conn.head_deadline = crate::clock::now() + conn.http.1.header_read_timeout;
     let proto = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Proto::H2,
         Some(b"http/1.1") => Proto::H1,
@@ -569,7 +579,7 @@ where
 /// Drives one connection's HTTP to its end: closes it when idle, drains it at shutdown.
 struct Run<'a> {
     peer: SocketAddr,
-    shared: &'a Shared,
+    shared: &'a Plane,
     stop: watch::Receiver<bool>,
     activity: &'a Activity,
     idle_timeout: Duration,
@@ -602,7 +612,7 @@ impl Run<'_> {
                 break;
             }
             if let Some(left) = self.activity.idle_for(self.idle_timeout) {
-                idle.as_mut().reset(tokio::time::Instant::now() + left);
+                idle.as_mut().reset(crate::clock::now() + left);
                 continue;
             }
             // Idle: HTTP/1.1 closes at once, HTTP/2 says GOAWAY first.
@@ -613,8 +623,8 @@ impl Run<'_> {
         }
         // A connection accepted just before the drain may not have sent its first request yet:
         // closing it now would lose a request the client cannot know to retry. Give it a moment.
-        let fresh_until = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
-        while !self.activity.seen_request.load(Ordering::Relaxed) && tokio::time::Instant::now() < fresh_until {
+        let fresh_until = crate::clock::now() + FIRST_REQUEST_GRACE;
+        while !self.activity.seen_request.load(Ordering::Relaxed) && crate::clock::now() < fresh_until {
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}

@@ -2,23 +2,15 @@
 //! consistent-hash pool hashes. Both read the request only; the cookie to set is decided once
 //! the backend that answered is known.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Uri;
 
 use crate::balancer::hash::hash_key;
+use crate::clock::unix_secs as unix_now;
 use crate::config::HashKey;
 use crate::session::{find_cookie, set_cookie};
 use crate::state::{State, Sticky};
 use crate::upstream::{PickHint, Pool};
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Where a sticky request stands before the pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

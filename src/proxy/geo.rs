@@ -8,9 +8,9 @@ use std::sync::Arc;
 use http::header::HeaderMap;
 
 use crate::admin::metrics;
-use crate::health;
+use crate::clock;
 use crate::router::geo::client_address;
-use crate::state::{Geo, Route, State};
+use crate::state::{Geo, PoolId, Route, State};
 
 static XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
@@ -73,26 +73,42 @@ pub fn dc_order(geo: &Geo, region: Option<u16>) -> &[usize] {
         .unwrap_or(&[])
 }
 
-/// For a geo route: the pool to use and the data centers involved (home, serving).
-pub fn choose(state: &State, route: &Route, origin: Origin) -> (usize, Option<usize>, Option<usize>) {
+/// A geo route's choice: the pool, and the data centers involved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub pool: PoolId,
+    /// The client's region's own data center.
+    pub home: Option<usize>,
+    /// The data center of the chosen pool (another than `home` after a failover).
+    pub serving: Option<usize>,
+}
+
+/// For a geo route: the first pool, in the region's data-center order, that can serve now.
+pub fn choose(state: &State, route: &Route, origin: Origin) -> Choice {
     let geo = &state.geo;
-    let now = health::now_ms();
+    let now = clock::now_ms();
     let order = dc_order(geo, origin.region);
     let home = order.first().copied();
-    let serves = |p: usize| state.pools[p].can_serve(now);
+    let serves = |p: PoolId| state.pool(p).can_serve(now);
+    let in_dc = |dc: usize| {
+        route
+            .geo_pools
+            .iter()
+            .copied()
+            .find(|p| geo.pool_dc[p.index()] == Some(dc))
+    };
     // The region's data centers in order, then the route's other pools in listed order.
-    let by_dc = order
+    let pool = order
         .iter()
-        .filter_map(|dc| route.geo_pools.iter().copied().find(|p| geo.pool_dc[*p] == Some(*dc)));
-    let chosen = by_dc
+        .filter_map(|dc| in_dc(*dc))
         .chain(route.geo_pools.iter().copied())
         .find(|&p| serves(p))
-        .unwrap_or_else(|| {
-            home.and_then(|dc| route.geo_pools.iter().copied().find(|p| geo.pool_dc[*p] == Some(dc)))
-                .unwrap_or(route.geo_pools[0])
-        });
-    let serving = geo.pool_dc[chosen];
-    (chosen, home, serving)
+        .unwrap_or_else(|| home.and_then(in_dc).unwrap_or(route.geo_pools[0]));
+    Choice {
+        pool,
+        home,
+        serving: geo.pool_dc[pool.index()],
+    }
 }
 
 /// Count the request, and a failover when another data center than the home one served.

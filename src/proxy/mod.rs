@@ -1,39 +1,38 @@
 //! The request pipeline. This module owns the order of the phases and nothing else:
 //!
-//! 1 route → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick + 6 forward
-//! → 7 cache store → 8 respond (headers out; one exit writes the access log and metrics).
+//! 1 route → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick → 6 forward
+//! → 7 cache store → 8 respond.
 //!
-//! Each capability plugs in as a phase of its own module (geo, cache, split, affinity); this
-//! function only orders them.
+//! [`handle`] makes the request's context ([`Account`]), runs [`pipeline`], and sends its
+//! result through the one exit ([`Account::respond`]): an error becomes its response through the
+//! error table, and the final accounting (metrics, access log) rides on the response body. Each
+//! phase is one call into the module that owns it.
 
+mod account;
 pub mod affinity;
-pub mod body;
-pub mod cache;
 pub mod geo;
-pub mod headers;
 pub mod split;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::accesslog::{flags, Record};
-use crate::admin::metrics::{self, class_index};
+pub use account::{error_response, Account, ResponseBody};
+
+use crate::accesslog::flags;
+use crate::body::{self, ClientBody, ProxyBody};
+use crate::cache::{self, Answer, Plan};
 use crate::error::ProxyError;
-use crate::state::State;
-use crate::upstream::{self, Attempts, Lease, Replay};
+use crate::headers;
+use crate::state::{PoolId, Route, RouteId, State};
+use crate::upstream::{Lease, PickHint, Pool};
 use affinity::Affinity;
-use body::{BoxError, ProxyBody, UpstreamBody};
+use split::Target;
 
 /// What a connection knows about its client, made once per connection.
 pub struct ConnInfo {
@@ -51,7 +50,7 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(listener: Arc<str>, peer: SocketAddr, scheme: &'static str) -> ConnInfo {
-        let ip = canonical_ip(peer.ip());
+        let ip = crate::net::canonical_ip(peer.ip());
         ConnInfo {
             listener,
             peer: SocketAddr::new(ip, peer.port()),
@@ -63,472 +62,255 @@ impl ConnInfo {
     }
 }
 
-/// IPv4-mapped IPv6 addresses (from dual-stack sockets) are the IPv4 client they stand for.
-pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-/// Everything the final phase needs to account for the request once its response is done.
-struct Finish {
-    state: Arc<State>,
-    listener: usize,
-    route: Option<usize>,
-    status: u16,
-    started: Instant,
-    bytes: u64,
-    log: Option<Box<Record>>,
-}
-
-impl Finish {
-    fn complete(mut self, aborted: bool) {
-        let class = class_index(self.status);
-        match self.route.and_then(|r| self.state.routes.get(r)) {
-            Some(route) => {
-                route.metrics.request(self.listener, class);
-                route.metrics.duration.record(self.started.elapsed().as_secs_f64());
-            }
-            None => {
-                let l = self.state.listeners.get(self.listener).map(|l| &**l).unwrap_or("");
-                metrics::unrouted(l, class);
-            }
-        }
-        if let (Some(mut rec), Some(sink)) = (self.log.take(), self.state.access_log.as_ref()) {
-            rec.bytes = self.bytes;
-            rec.duration = self.started.elapsed();
-            if aborted {
-                rec.flags |= flags::ABORTED;
-            }
-            sink.log(*rec);
-        }
-    }
-}
-
-/// The body sent to the client: counts bytes and runs the final accounting when the body ends
-/// (or is dropped before its end, which the log marks as aborted).
-pub struct ResponseBody {
-    inner: ProxyBody,
-    finish: Option<Finish>,
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(d), Some(fin)) = (f.data_ref(), this.finish.as_mut()) {
-                    fin.bytes += d.len() as u64;
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(f) = this.finish.take() {
-                    f.complete(false);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(f) = this.finish.take() {
-                    f.complete(true);
-                }
-            }
-            Poll::Pending => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        if let Some(f) = self.finish.take() {
-            f.complete(!self.inner.is_end_stream());
-        }
-    }
-}
-
-/// A plain listener's `redirect_https`: 308 to the same host, path and query over https on
-/// `port` (no port in the URL when it is 443). A request without a usable host gets 400.
-pub fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
-    let host = req.uri().host().map(str::to_string).or_else(|| {
-        let h = req.headers().get(header::HOST)?.to_str().ok()?;
-        let authority: http::uri::Authority = h.parse().ok()?;
-        Some(authority.host().to_string())
-    });
-    let plain = |status: StatusCode, body: ProxyBody| {
-        let mut r = Response::new(ResponseBody {
-            inner: body,
-            finish: None,
-        });
-        *r.status_mut() = status;
-        r
-    };
-    let Some(host) = host.filter(|h| !h.is_empty()) else {
-        let mut r = plain(
-            StatusCode::BAD_REQUEST,
-            ProxyBody::text("400 a Host header is required\n"),
-        );
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        return r;
-    };
-    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let location = if port == 443 {
-        format!("https://{host}{pq}")
-    } else {
-        format!("https://{host}:{port}{pq}")
-    };
-    match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            let mut r = plain(StatusCode::PERMANENT_REDIRECT, ProxyBody::Empty);
-            r.headers_mut().insert(header::LOCATION, v);
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-            r
-        }
-        Err(_) => plain(StatusCode::BAD_REQUEST, ProxyBody::text("400 bad request target\n")),
-    }
-}
-
 /// Serve one request against one generation.
 pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let listener = state.listener_index(&conn.listener);
+    let mut account = Account::start(&state, conn, &req);
+    let result = pipeline(&state, conn, &mut account, req).await;
+    account.respond(state, result)
+}
+
+/// The phases in order; every failure leaves through `?`.
+async fn pipeline(
+    state: &Arc<State>,
+    conn: &ConnInfo,
+    account: &mut Account,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-
-    // For the access log, taken before the request is rewritten (all cheap reference clones).
-    let mut log = state.access_log.as_ref().map(|sink| {
-        Box::new(Record {
-            time: SystemTime::now(),
-            listener: conn.listener.clone(),
-            client: conn.peer.ip(),
-            method: parts.method.clone(),
-            host: host_value(&parts),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            status: 0,
-            bytes: 0,
-            duration: Default::default(),
-            route: None,
-            pool: None,
-            backend: None,
-            flags: 0,
-            error: None,
-            target: None,
-            cache: None,
-            region: None,
-            datacenter: None,
-            user_agent: sink
-                .wants_agent()
-                .then(|| parts.headers.get(header::USER_AGENT).cloned())
-                .flatten(),
-            referer: sink
-                .wants_agent()
-                .then(|| parts.headers.get(header::REFERER).cloned())
-                .flatten(),
-        })
-    });
-
-    // A target that is neither a path nor "*" (for OPTIONS) is not one a backend should see.
-    let path = parts.uri.path();
-    let asterisk = parts.method == http::Method::OPTIONS && path == "*";
-    if !(path.starts_with('/') || asterisk) {
-        return respond_error(
-            ProxyError::BadRequest("bad request target"),
-            state,
-            listener,
-            None,
-            started,
-            log,
-        );
-    }
-    let body = match body::limit(body, state.config.server.max_body_bytes, conn.body_too_large.as_ref()) {
-        Ok(b) => b,
-        Err(e) => return respond_error(e, state, listener, None, started, log),
-    };
-
+    check_target(&parts)?;
+    let body = body::limit(body, state.config.server.max_body_bytes, conn.body_too_large.as_ref())?;
+    let host = host_value(&parts.headers, &parts.uri);
     // 1 route
-    let host = host_value(&parts);
-    let route_idx = state.router.route(
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        parts.uri.path(),
-        &parts.method,
-    );
-    let Some(route_idx) = route_idx else {
-        return respond_error(ProxyError::NoRoute, state, listener, None, started, log);
-    };
-    let route = &state.routes[route_idx];
+    let route_id = route(state, &parts, host.as_ref())?;
+    let route = state.route(route_id);
+    account.routed(route_id, &route.name);
     // 2 region: for geo routes, the client's region picks the data center's pool.
-    let geo_pool = if route.geo_pools.is_empty() {
-        None
-    } else {
-        let origin = geo::origin(&state.geo, conn.peer.ip(), &parts.headers);
-        let (p, home, serving) = geo::choose(&state, route, origin);
-        geo::account(&state, origin, home, serving);
-        if let Some(l) = log.as_mut() {
-            l.region = geo::region_name(&state, origin.region);
-            l.datacenter = geo::dc_name(&state, serving);
-        }
-        Some(p)
-    };
+    let home_pool = region(state, route, conn, &parts.headers, account);
     // 3 cache lookup: answer from the store, or learn how to go upstream.
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
-    let mut pending = None;
-    let mut refresh = None;
-    if let (Some(rc), Some(store)) = (route.cache.as_ref(), state.cache.as_ref()) {
-        let wait_for = state.pools[geo_pool.unwrap_or(route.pool)].response_timeout;
-        match cache::lookup(store, rc, &mut parts, host.as_ref(), upgrade, wait_for).await {
-            cache::Plan::Serve(resp, result) => {
-                rc.count(result);
-                if let Some(l) = log.as_mut() {
-                    l.route = Some(route.name.clone());
-                    l.cache = Some(result.label());
-                }
-                return respond(resp, state, listener, Some(route_idx), started, log);
-            }
-            cache::Plan::Forward(p) => pending = Some(p),
-            cache::Plan::Refresh(resp, p) => refresh = Some((resp, p)),
-        }
+    let wait_for = state.pool(home_pool.unwrap_or(route.pool)).response_timeout;
+    let plan = cache::lookup(
+        state.cache.as_ref(),
+        route.cache.as_ref(),
+        &mut parts,
+        host.as_ref(),
+        upgrade,
+        wait_for,
+    )
+    .await;
+    if let Plan::Serve(resp, result) = plan {
+        count_cache(route, account, Some(result));
+        return Ok(resp);
     }
     // 4 target: the route's pool, or for a split route the primary or the replicas.
-    let split_target = route.split.as_ref().map(|sp| {
-        let t = split::decide(&state, sp, &parts.method, &parts.headers);
-        if t == split::Target::Replicas {
-            sp.to_replica.increment(1);
-        } else {
-            sp.to_primary.increment(1);
-        }
-        (sp, t)
-    });
-    if let Some(l) = log.as_mut() {
-        l.target = split_target.map(|(_, t)| t.label());
-    }
-    let pool = match split_target {
-        None => state.pools[geo_pool.unwrap_or(route.pool)].clone(),
-        Some((sp, split::Target::Primary)) => state.pools[sp.primary].clone(),
-        Some((sp, _)) => state.pools[sp.replicas].clone(),
-    };
-    if let Some((_, split::Target::PrimaryDown)) = split_target {
-        return respond_error(
-            ProxyError::PrimaryUnavailable,
-            state,
-            listener,
-            Some(route_idx),
-            started,
-            log,
-        );
-    }
-    let method = split_target.map(|_| parts.method.clone());
-    if let Some(l) = log.as_mut() {
-        l.route = Some(route.name.clone());
-        l.pool = Some(pool.name.clone());
-    }
-
+    let (pool, target) = target(state, route, &parts, home_pool, account)?;
     // 5 pick: a sticky client's backend, a consistent-hash key, else the policy alone.
-    let sticky = route.sticky.as_ref();
-    let affinity = match sticky {
-        Some(st) => match affinity::sticky(&state, st, &pool, &parts.headers) {
-            Ok(a) => a,
-            Err(affinity::PinnedDown) => {
-                return respond_error(
-                    ProxyError::NoHealthyBackend,
-                    state,
-                    listener,
-                    Some(route_idx),
-                    started,
-                    log,
-                )
+    let (affinity, hint) = pick(state, route, &pool, target, &parts, conn)?;
+    // 6 forward and 7 store: the exchange, finished by the cache on cached routes.
+    let client_upgrade = upgrade.then(|| parts.extensions.remove::<OnUpgrade>()).flatten();
+    let method = target.map(|_| parts.method.clone());
+    let upstream_req = upstream_request(parts, body, host, conn, route);
+    let exchange = plan.forward(pool.clone(), upstream_req, hint, upgrade).await;
+    count_cache(route, account, exchange.cache);
+    if exchange.attempts.retried {
+        account.note(|l| l.flags |= flags::RETRIED);
+    }
+    // 8 respond
+    let (mut resp, served_by, switched) = match exchange.answer? {
+        Answer::Stored(resp) => return Ok(resp),
+        Answer::Backend {
+            parts,
+            body,
+            backend,
+            cache_status,
+        } => {
+            account.note(|l| l.backend = Some(backend.label.clone()));
+            let mut resp = Response::from_parts(parts, body);
+            if let Some(v) = cache_status {
+                resp.headers_mut().insert(CACHE_STATUS.clone(), v);
             }
-        },
+            (resp, backend.id, false)
+        }
+        Answer::Switched { parts, lease } => {
+            account.note(|l| l.backend = Some(lease.backend().label.clone()));
+            let served_by = lease.backend().id;
+            let resp = switch(conn, client_upgrade, parts, lease)?;
+            account.note(|l| l.flags |= flags::UPGRADED);
+            (resp, served_by, true)
+        }
+    };
+    after_response(state, conn, route, &pool, affinity, served_by, method, &mut resp);
+    headers::prepare_response(resp.headers_mut(), switched);
+    Ok(resp)
+}
+
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// A target that is neither a path nor "*" (for OPTIONS) is not one a backend should see.
+fn check_target(parts: &request::Parts) -> Result<(), ProxyError> {
+    let path = parts.uri.path();
+    let asterisk = parts.method == http::Method::OPTIONS && path == "*";
+    if path.starts_with('/') || asterisk {
+        Ok(())
+    } else {
+        Err(ProxyError::BadRequest("bad request target"))
+    }
+}
+
+/// Phase 1: the route for this host, path and method.
+fn route(state: &State, parts: &request::Parts, host: Option<&HeaderValue>) -> Result<RouteId, ProxyError> {
+    let host = host.and_then(|h| h.to_str().ok());
+    state
+        .router
+        .route(host, parts.uri.path(), &parts.method)
+        .map(RouteId::new)
+        .ok_or(ProxyError::NoRoute)
+}
+
+/// Phase 2: for a geo route, the pool of the data center that serves the client's region.
+fn region(state: &State, route: &Route, conn: &ConnInfo, headers: &HeaderMap, account: &mut Account) -> Option<PoolId> {
+    if route.geo_pools.is_empty() {
+        return None;
+    }
+    let origin = geo::origin(&state.geo, conn.peer.ip(), headers);
+    let choice = geo::choose(state, route, origin);
+    geo::account(state, origin, choice.home, choice.serving);
+    account.note(|l| {
+        l.region = geo::region_name(state, origin.region);
+        l.datacenter = geo::dc_name(state, choice.serving);
+    });
+    Some(choice.pool)
+}
+
+/// The route's cache result, counted and logged.
+fn count_cache(route: &Route, account: &mut Account, result: Option<cache::CacheResult>) {
+    if let (Some(rc), Some(result)) = (route.cache.as_ref(), result) {
+        rc.count(result);
+        account.note(|l| l.cache = Some(result.label()));
+    }
+}
+
+/// Phase 4: the pool this request goes to (for a split route: the primary or the replicas).
+fn target(
+    state: &State,
+    route: &Route,
+    parts: &request::Parts,
+    home_pool: Option<PoolId>,
+    account: &mut Account,
+) -> Result<(Arc<Pool>, Option<Target>), ProxyError> {
+    let Some(sp) = route.split.as_ref() else {
+        let pool = state.pool(home_pool.unwrap_or(route.pool)).clone();
+        account.note(|l| l.pool = Some(pool.name.clone()));
+        return Ok((pool, None));
+    };
+    let t = split::decide(state, sp, &parts.method, &parts.headers);
+    let counter = if t == Target::Replicas {
+        &sp.to_replica
+    } else {
+        &sp.to_primary
+    };
+    counter.increment(1);
+    // A promoted replica is a member of the replicas pool.
+    let pool = match t {
+        Target::Primary => state.pool(sp.primary),
+        Target::Replicas | Target::Promoted(_) | Target::PrimaryDown => state.pool(sp.replicas),
+    };
+    account.note(|l| l.target = Some(t.label()));
+    if t == Target::PrimaryDown {
+        return Err(ProxyError::PrimaryUnavailable);
+    }
+    account.note(|l| l.pool = Some(pool.name.clone()));
+    Ok((pool.clone(), Some(t)))
+}
+
+/// Phase 5: what the pick starts from: a sticky client's backend, a consistent-hash key, the
+/// replicas' lag bound, or a promoted replica.
+fn pick(
+    state: &State,
+    route: &Route,
+    pool: &Pool,
+    target: Option<Target>,
+    parts: &request::Parts,
+    conn: &ConnInfo,
+) -> Result<(Affinity, PickHint), ProxyError> {
+    let affinity = match route.sticky.as_ref() {
+        Some(st) => affinity::sticky(state, st, pool, &parts.headers)
+            .map_err(|affinity::PinnedDown| ProxyError::NoHealthyBackend)?,
         None => Affinity::None,
     };
-    let key = affinity::key_hash(&pool, &parts.headers, &parts.uri, &conn.client_ip);
+    let key = affinity::key_hash(pool, &parts.headers, &parts.uri, &conn.client_ip);
     let mut hint = affinity::hint(affinity, key);
-    match split_target {
-        Some((sp, split::Target::Replicas)) => hint.max_lag = Some(sp.cfg.max_replica_lag),
-        Some((_, split::Target::Promoted(i))) => {
+    match (route.split.as_ref(), target) {
+        (Some(sp), Some(Target::Replicas)) => hint.max_lag = Some(sp.cfg.max_replica_lag),
+        (_, Some(Target::Promoted(i))) => {
             hint.member = Some(i);
             hint.only_member = true;
         }
         _ => {}
     }
+    Ok((affinity, hint))
+}
 
-    // 6 forward
-    let client_upgrade = if upgrade {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
-    if parts.headers.get(header::HOST).is_none() {
-        // HTTP/2 carries the host in :authority; an HTTP/1.1 backend needs it as Host.
-        if let Some(h) = host {
-            parts.headers.insert(header::HOST, h);
-        }
+/// The request as the backend gets it: Host kept (or taken from HTTP/2's :authority),
+/// hop-by-hop fields dropped, X-Forwarded-* and Via added, the route's prefix stripped.
+fn upstream_request(
+    mut parts: request::Parts,
+    body: ClientBody,
+    host: Option<HeaderValue>,
+    conn: &ConnInfo,
+    route: &Route,
+) -> Request<ProxyBody> {
+    let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+    if let (false, Some(h)) = (parts.headers.contains_key(header::HOST), host) {
+        parts.headers.insert(header::HOST, h);
     }
     headers::prepare_request(&mut parts.headers, &conn.client_ip, conn.scheme, upgrade);
     parts.uri = headers::upstream_uri(&parts.uri, route.strip);
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, ProxyBody::Incoming(body));
-    if let Some((resp, p)) = refresh {
-        // stale-while-revalidate: the client has its answer now; the refresh runs on its own.
-        if let Some(rc) = route.cache.as_ref() {
-            rc.count(cache::CacheResult::Stale);
-        }
-        if let Some(l) = log.as_mut() {
-            l.cache = Some(cache::CacheResult::Stale.label());
-        }
-        tokio::spawn(p.refresh(pool, upstream_req, hint));
-        return respond(resp, state, listener, Some(route_idx), started, log);
-    }
-    let replay = Replay::capture(&upstream_req, &pool);
-    let mut notes = Attempts::default();
-    let result = upstream::forward(&pool, upstream_req, replay, hint, &mut notes).await;
-    if let Some(l) = log.as_mut() {
-        if notes.retried {
-            l.flags |= flags::RETRIED;
-        }
-    }
-    let (resp, lease) = match result {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(route = %route.name, pool = %pool.name, error = %e, "request failed");
-            if let (Some(p), Some(rc)) = (pending.as_mut(), route.cache.as_ref()) {
-                let stale = p.stale_on_error(None);
-                let result = if stale.is_some() {
-                    cache::CacheResult::Stale
-                } else {
-                    p.result_on_error()
-                };
-                rc.count(result);
-                if let Some(l) = log.as_mut() {
-                    l.cache = Some(result.label());
-                }
-                if let Some(resp) = stale {
-                    return respond(resp, state, listener, Some(route_idx), started, log);
-                }
-            }
-            return respond_error(e, state, listener, Some(route_idx), started, log);
-        }
-    };
-    if let Some(l) = log.as_mut() {
-        l.backend = Some(lease.backend().label.clone());
-    }
-
-    let (mut rparts, rbody) = resp.into_parts();
-    let served_by = lease.backend().id;
-    let switching = upgrade && rparts.status == StatusCode::SWITCHING_PROTOCOLS;
-    // 7 cache store: the response goes on (teed into the store when it may be stored), or the
-    // store answers instead (a revalidated or stale-if-error response).
-    let mut lease = Some(lease);
-    let mut body = None;
-    let mut cache_status = None;
-    if !switching {
-        let upstream = ProxyBody::Upstream(UpstreamBody::new(rbody, lease.take().expect("lease")));
-        match (pending, route.cache.as_ref()) {
-            (Some(p), Some(rc)) => {
-                let (answer, result) = p.on_response(&mut rparts, upstream);
-                rc.count(result);
-                if let Some(l) = log.as_mut() {
-                    l.cache = Some(result.label());
-                }
-                match answer {
-                    cache::Answer::Forwarded(b, status) => {
-                        body = Some(b);
-                        cache_status = Some(status);
-                    }
-                    cache::Answer::FromCache(resp) => {
-                        return respond(resp, state, listener, Some(route_idx), started, log);
-                    }
-                }
-            }
-            _ => body = Some(upstream),
-        }
-    }
-    // 8 respond
-    if let Some(st) = sticky {
-        if let Some(cookie) = affinity::after_response(&state, st, &pool, affinity, served_by, conn.scheme == "https") {
-            rparts.headers.append(header::SET_COOKIE, cookie);
-        }
-    }
-    if let (Some((sp, _)), Some(m)) = (split_target, method.as_ref()) {
-        if let Some(cookie) = split::after_write(&state, sp, m, rparts.status.as_u16(), conn.scheme == "https") {
-            rparts.headers.append(header::SET_COOKIE, cookie);
-        }
-    }
-    headers::prepare_response(&mut rparts.headers, switching);
-    if let Some(v) = cache_status {
-        rparts.headers.insert(HeaderName::from_static("cache-status"), v);
-    }
-    let body = if switching {
-        match (client_upgrade, rparts.extensions.remove::<OnUpgrade>(), lease) {
-            (Some(down), Some(up), Some(lease)) => {
-                if let Some(l) = log.as_mut() {
-                    l.flags |= flags::UPGRADED;
-                }
-                let hold = conn.hold.clone();
-                tokio::spawn(async move {
-                    tunnel(down, up, lease).await;
-                    drop(hold);
-                });
-                ProxyBody::Empty
-            }
-            _ => {
-                return respond_error(
-                    ProxyError::BadRequest("upgrade not possible"),
-                    state,
-                    listener,
-                    Some(route_idx),
-                    started,
-                    log,
-                )
-            }
-        }
-    } else {
-        body.unwrap_or(ProxyBody::Empty)
-    };
-    let status = rparts.status.as_u16();
-    if let Some(l) = log.as_mut() {
-        l.status = status;
-    }
-    Response::from_parts(
-        rparts,
-        ResponseBody {
-            inner: body,
-            finish: Some(Finish {
-                state,
-                listener,
-                route: Some(route_idx),
-                status,
-                started,
-                bytes: 0,
-                log,
-            }),
-        },
-    )
+    Request::from_parts(parts, ProxyBody::Incoming(body))
 }
 
-/// The client's host: the Host header, else the URI authority (HTTP/2 :authority).
-fn host_value(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+/// Cookies set after the response: the sticky backend, and read-your-writes after a write.
+#[allow(clippy::too_many_arguments)]
+fn after_response(
+    state: &State,
+    conn: &ConnInfo,
+    route: &Route,
+    pool: &Pool,
+    affinity: Affinity,
+    served_by: u64,
+    method: Option<http::Method>,
+    resp: &mut Response<ProxyBody>,
+) {
+    let secure = conn.scheme == "https";
+    if let Some(st) = route.sticky.as_ref() {
+        if let Some(cookie) = affinity::after_response(state, st, pool, affinity, served_by, secure) {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
     }
+    if let (Some(sp), Some(m)) = (route.split.as_ref(), method.as_ref()) {
+        if let Some(cookie) = split::after_write(state, sp, m, resp.status().as_u16(), secure) {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
+}
+
+/// A backend switched protocols: tunnel bytes both ways once both sides have upgraded.
+fn switch(
+    conn: &ConnInfo,
+    client: Option<OnUpgrade>,
+    mut parts: http::response::Parts,
+    lease: Lease,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (Some(down), Some(up)) = (client, parts.extensions.remove::<OnUpgrade>()) else {
+        return Err(ProxyError::BadRequest("upgrade not possible"));
+    };
+    let hold = conn.hold.clone();
+    tokio::spawn(async move {
+        tunnel(down, up, lease).await;
+        drop(hold);
+    });
+    Ok(Response::from_parts(parts, ProxyBody::Empty))
 }
 
 /// Copy bytes both ways between the upgraded client and backend connections until either ends.
@@ -548,62 +330,55 @@ async fn tunnel(down: OnUpgrade, up: OnUpgrade, lease: Lease) {
     drop(lease);
 }
 
-fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::text(e.body()));
-    *resp.status_mut() = e.status();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+/// The client's host: the Host header, else the URI authority (HTTP/2 :authority).
+fn host_value(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    match headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     }
-    h.insert(header::VIA, headers::VIA_VALUE);
-    resp
 }
 
-fn respond_error(
-    e: ProxyError,
-    state: Arc<State>,
-    listener: usize,
-    route: Option<usize>,
-    started: Instant,
-    mut log: Option<Box<Record>>,
-) -> Response<ResponseBody> {
-    if let Some(l) = log.as_mut() {
-        l.error = Some(e.flag());
-    }
-    respond(error_response(&e), state, listener, route, started, log)
-}
-
-/// A response made here (an error, or one from the cache), with the final accounting attached.
-fn respond(
-    resp: Response<ProxyBody>,
-    state: Arc<State>,
-    listener: usize,
-    route: Option<usize>,
-    started: Instant,
-    mut log: Option<Box<Record>>,
-) -> Response<ResponseBody> {
-    let (parts, body) = resp.into_parts();
-    let status = parts.status.as_u16();
-    if let Some(l) = log.as_mut() {
-        l.status = status;
-    }
-    Response::from_parts(
-        parts,
-        ResponseBody {
-            inner: body,
-            finish: Some(Finish {
-                state,
-                listener,
-                route,
-                status,
-                started,
-                bytes: 0,
-                log,
-            }),
-        },
-    )
+/// A plain listener's `redirect_https`: 308 to the same host, path and query over https on
+/// `port` (no port in the URL when it is 443). A request without a usable host gets 400.
+pub fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
+    let host = req.uri().host().map(str::to_string).or_else(|| {
+        let h = req.headers().get(header::HOST)?.to_str().ok()?;
+        let authority: http::uri::Authority = h.parse().ok()?;
+        Some(authority.host().to_string())
+    });
+    let resp = match host.filter(|h| !h.is_empty()) {
+        None => {
+            let mut r = Response::new(ProxyBody::text("400 a Host header is required\n"));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        }
+        Some(host) => {
+            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let location = if port == 443 {
+                format!("https://{host}{pq}")
+            } else {
+                format!("https://{host}:{port}{pq}")
+            };
+            match HeaderValue::from_str(&location) {
+                Ok(v) => {
+                    let mut r = Response::new(ProxyBody::Empty);
+                    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                    r.headers_mut().insert(header::LOCATION, v);
+                    r.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                    r
+                }
+                Err(_) => {
+                    let mut r = Response::new(ProxyBody::text("400 bad request target\n"));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                }
+            }
+        }
+    };
+    resp.map(ResponseBody::plain)
 }

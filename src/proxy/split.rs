@@ -6,8 +6,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
 
-use super::affinity::unix_now;
-use crate::health;
+use crate::clock::{self, unix_secs as unix_now};
 use crate::session::{find_cookie, set_cookie};
 use crate::state::{Split, State};
 
@@ -41,9 +40,9 @@ pub fn is_read(split: &Split, method: &Method) -> bool {
 
 /// Where this request goes.
 pub fn decide(state: &State, split: &Split, method: &Method, headers: &HeaderMap) -> Target {
-    let now = health::now_ms();
-    let primary = &state.pools[split.primary];
-    let replicas = &state.pools[split.replicas];
+    let now = clock::now_ms();
+    let primary = state.pool(split.primary);
+    let replicas = state.pool(split.replicas);
     if is_read(split, method) {
         let forced = split
             .cfg

@@ -9,7 +9,8 @@ use http::Method;
 
 use crate::config::{HostMatch, PathMatch, RouteConfig};
 
-pub mod geo;
+/// The network tables live in `crate::net::cidr` (config builds them); routing reads them here.
+pub use crate::net::cidr as geo;
 
 #[derive(Debug, Clone)]
 struct Entry {

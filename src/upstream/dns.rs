@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -61,13 +61,15 @@ pub fn resolver(cfg: &DnsConfig) -> Result<TokioResolver, String> {
 /// Resolve `host`: its addresses (sorted, deduplicated) and how long they are valid.
 pub async fn resolve(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Duration), String> {
     let lookup = r.lookup_ip(host).await.map_err(|e| e.to_string())?;
-    let mut ips: Vec<IpAddr> = lookup.iter().map(crate::proxy::canonical_ip).collect();
+    let mut ips: Vec<IpAddr> = lookup.iter().map(crate::net::canonical_ip).collect();
     ips.sort();
     ips.dedup();
     if ips.is_empty() {
         return Err("no addresses in the answer".into());
     }
-    let ttl = lookup.valid_until().saturating_duration_since(Instant::now());
+    let ttl = lookup
+        .valid_until()
+        .saturating_duration_since(crate::clock::now().into_std());
     Ok((ips, ttl))
 }
 

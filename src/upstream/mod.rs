@@ -11,7 +11,9 @@ pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -24,13 +26,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::admin::metrics::{class_index, BackendMetrics, PoolMetrics, ERROR_CLASS};
 use crate::balancer::hash::HashTable;
 use crate::balancer::Balancer;
+use crate::body::ProxyBody;
 use crate::config::{BackendAddress, Balance, HashKey, PoolConfig};
 use crate::error::ProxyError;
 use crate::health::probe::HealthCheck;
 use crate::health::{self, Health, Passive};
-use crate::proxy::body::ProxyBody;
 use budget::RetryBudget;
-use tls::BackendTls;
+use tls::{BackendTls, UpstreamTls};
 
 /// Idle upstream connections older than this are closed rather than reused: many servers drop
 /// idle keep-alive connections after a few seconds, and a request written into a connection the
@@ -157,7 +159,7 @@ impl Backend {
             if shard.h1.len() < IDLE_MAX {
                 shard.h1.push(Idle {
                     sender,
-                    since: Instant::now(),
+                    since: crate::clock::now(),
                 });
             }
         }
@@ -300,8 +302,9 @@ impl Pool {
         }
         let mut members = Vec::with_capacity(addrs.len());
         let mut slots = Vec::with_capacity(addrs.len());
+        let pool_tls = cfg.tls.as_ref().map(|t| Arc::new(UpstreamTls::build(t)));
         for &(addr, _, host) in &addrs {
-            let tls = cfg.tls.as_ref().map(|t| BackendTls::new(t.clone(), host, addr));
+            let tls = pool_tls.as_ref().map(|t| BackendTls::new(t.clone(), host, addr));
             // A backend carries over only when it is reached the same way (plain, or TLS with
             // the same roots and name).
             let same_way = |m: &Backend| match (&m.tls, &tls) {
@@ -622,7 +625,7 @@ pub async fn forward(
         let slot = pool.acquire_slot(idx).await?;
         let backend = &pool.members[idx];
         let mut lease = Lease::new(backend.clone(), slot);
-        let started = Instant::now();
+        let started = crate::clock::now();
         let result = send(pool, backend, req).await;
         backend.metrics.duration.record(started.elapsed().as_secs_f64());
         let may_retry = (tried.len as u32) <= pool.retries;
@@ -835,7 +838,7 @@ async fn exchange(
 
 /// A failed exchange: the backend's doing, unless the client's body broke its size limit.
 fn send_failed(e: hyper::Error) -> ProxyError {
-    if crate::proxy::body::is_body_too_large(&e) {
+    if crate::body::is_body_too_large(&e) {
         ProxyError::BodyTooLarge
     } else {
         ProxyError::UpstreamBroken(e)

@@ -1,9 +1,9 @@
-//! TLS to backends (`tls = true` on a pool): the client configurations built while the config is
-//! read (so a bad `ca_file` is a config error naming the key), the server name each backend is
-//! verified against, and the handshake.
+//! TLS to backends (`tls = true` on a pool): the client configurations, built with the pool from
+//! the trust roots the config validated (so a bad `ca_file` is a config error naming the key),
+//! the server name each backend is verified against, and the handshake.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::config::UpstreamTlsConfig;
 use crate::error::ProxyError;
 
 /// A pool's upstream TLS settings: the trust roots and two client configurations, one offering
@@ -35,47 +36,28 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// Trust roots from `ca_file` (a PEM bundle) or, without it, the system's store.
-    pub fn load(ca_file: Option<&Path>) -> Result<UpstreamTls, String> {
+    /// The client configurations for a pool's validated trust roots.
+    pub fn build(cfg: &UpstreamTlsConfig) -> UpstreamTls {
         let mut roots = RootCertStore::empty();
-        let digest = match ca_file {
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                for c in crate::config::tls::parse_chain(path, &bytes)? {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-                }
-                crate::config::digest(&bytes)
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    return Err(
-                        "no system root certificates found (install ca-certificates, or set ca_file)".to_string(),
-                    );
-                }
-                "system".to_string()
-            }
-        };
+        // Validation already added each of them to a store of its own: none fails here.
+        roots.add_parsable_certificates(cfg.roots.iter().cloned());
         let roots = Arc::new(roots);
-        let build = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, String> {
+        let build = |alpn: &[&[u8]]| -> Arc<ClientConfig> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut c = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS client setup: {e}"))?
+                .expect("the ring provider supports the default protocol versions")
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            Ok(Arc::new(c))
+            Arc::new(c)
         };
-        Ok(UpstreamTls {
-            ca_file: ca_file.map(Path::to_path_buf),
-            digest,
-            both: build(&[b"h2", b"http/1.1"])?,
-            h1_only: build(&[b"http/1.1"])?,
-        })
+        UpstreamTls {
+            ca_file: cfg.ca_file.clone(),
+            digest: cfg.digest.clone(),
+            both: build(&[b"h2", b"http/1.1"]),
+            h1_only: build(&[b"http/1.1"]),
+        }
     }
 }
 
@@ -132,7 +114,9 @@ mod tests {
         let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, ca.cert.pem()).unwrap();
-        Arc::new(UpstreamTls::load(Some(&path)).unwrap())
+        Arc::new(UpstreamTls::build(
+            &crate::config::load_trust_roots(Some(&path)).unwrap(),
+        ))
     }
 
     #[test]
@@ -158,10 +142,12 @@ mod tests {
     fn bad_ca_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(UpstreamTls::load(Some(&missing)).unwrap_err().contains("cannot read"));
+        assert!(crate::config::load_trust_roots(Some(&missing))
+            .unwrap_err()
+            .contains("cannot read"));
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "hello\n").unwrap();
-        assert!(UpstreamTls::load(Some(&garbage))
+        assert!(crate::config::load_trust_roots(Some(&garbage))
             .unwrap_err()
             .contains("no PEM certificate found"));
     }

@@ -1,4 +1,4 @@
-//! Client region lookup: CIDR networks → region index (longest prefix wins), the set of trusted
+//! Network tables (plain validated data, built by the config): client region lookup, CIDR networks → region index (longest prefix wins), the set of trusted
 //! proxies, and which address a request comes from when it crossed them (X-Forwarded-For).
 //!
 //! Both tables flatten their networks into disjoint sorted ranges, one sorted array of range
@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::proxy::canonical_ip;
+use crate::net::canonical_ip;
 
 /// One network, in canonical form: an IPv4-mapped IPv6 network of /96 or longer is IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ pub enum ProxyBody {
     /// A backend's response body on its way to the client.
     Upstream(UpstreamBody),
     /// A backend's response body on its way to the client and into the cache.
-    Caching(Box<super::cache::Tee>),
+    Caching(Box<crate::cache::Tee>),
 }
 
 impl ProxyBody {
