@@ -30,10 +30,23 @@ pub fn now_ms() -> u64 {
 }
 
 /// The wall-clock time.
+#[cfg(not(test))]
 #[inline]
 #[allow(clippy::disallowed_methods)]
 pub fn wall() -> SystemTime {
     SystemTime::now()
+}
+
+/// In the library's own unit tests the wall clock follows the monotonic one from an anchor
+/// taken at its first reading on the test's thread, so that paused time moves HTTP dates and TTLs too.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub fn wall() -> SystemTime {
+    // Per thread: each test runs on a thread of its own, with a paused clock of its own.
+    thread_local! {
+        static ANCHOR: (SystemTime, Instant) = (SystemTime::now(), Instant::now());
+    }
+    ANCHOR.with(|&(wall, mono)| wall + now().saturating_duration_since(mono))
 }
 
 /// The wall-clock time in whole seconds since the Unix epoch.
@@ -60,5 +73,12 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(90)).await;
         assert_eq!(now() - t0, Duration::from_secs(90));
         assert_eq!(now_ms() - ms0, 90_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_unit_tests_the_wall_clock_follows_paused_time() {
+        let w0 = wall();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(wall().duration_since(w0).unwrap(), Duration::from_secs(3600));
     }
 }

@@ -458,6 +458,74 @@ mod tests {
         assert_eq!(range("bytes=0-0", Some("Sat, 01 Jan 2000 00:00:00 GMT"), &o), None);
     }
 
+    /// A stored response with `max-age=60`, stored now.
+    fn store_fresh_for_a_minute(cache: &Cache, host: &HeaderValue, path: &str) {
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        let now = crate::clock::wall();
+        let facts = EntryFacts::new(&h, Duration::from_secs(60), now, now);
+        let obj = Object::new(
+            StatusCode::OK,
+            h,
+            Bytes::from_static(b"hello"),
+            facts,
+            Vec::new(),
+            Vec::new(),
+            Duration::from_secs(3600),
+        );
+        cache.store(primary_key(Some(host), path).into_boxed_slice(), obj);
+    }
+
+    fn route_cache() -> RouteCache {
+        RouteCache::new(
+            "ttl",
+            crate::config::RouteCacheConfig {
+                default_ttl: Duration::ZERO,
+                version_param: None,
+                versioned_ttl: Duration::from_secs(86400),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stored_response_is_a_hit_until_its_max_age_passes_then_it_is_revalidated() {
+        let cache = Arc::new(Cache::new(&crate::config::CacheConfig::default()));
+        let rc = route_cache();
+        let host = HeaderValue::from_static("example.com");
+        store_fresh_for_a_minute(&cache, &host, "/a");
+        let ask = || async {
+            let mut parts = http::Request::get("/a").body(()).unwrap().into_parts().0;
+            lookup(
+                Some(&cache),
+                Some(&rc),
+                &mut parts,
+                Some(&host),
+                false,
+                Duration::from_secs(1),
+            )
+            .await
+        };
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        match ask().await {
+            Plan::Serve(resp, CacheResult::Hit) => {
+                assert_eq!(resp.status(), StatusCode::OK);
+                assert_eq!(resp.headers()[header::AGE], "59");
+            }
+            _ => panic!("a response 59 s into its 60 s max-age is a hit"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match ask().await {
+            Plan::Forward(p) => assert!(
+                matches!(p.kind, Kind::Revalidate(_)),
+                "stale with a validator: revalidate"
+            ),
+            _ => panic!("a response past its max-age goes upstream"),
+        }
+    }
+
     #[test]
     fn keys_and_versions() {
         let host = HeaderValue::from_static("Example.COM:8080");

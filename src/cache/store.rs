@@ -100,12 +100,7 @@ impl Object {
     /// that takes it, false while another refresh runs.
     pub fn begin_refresh(&self) -> bool {
         self.refreshing
-            .compare_exchange(
-                false,
-                true,
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Relaxed,
-            )
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http::header::HeaderMap;
 
 use crate::admin::metrics;
-use crate::clock;
 use crate::router::geo::client_address;
 use crate::state::{Geo, PoolId, Route, State};
 
@@ -83,10 +82,10 @@ pub struct Choice {
     pub serving: Option<usize>,
 }
 
-/// For a geo route: the first pool, in the region's data-center order, that can serve now.
-pub fn choose(state: &State, route: &Route, origin: Origin) -> Choice {
+/// For a geo route: the first pool, in the region's data-center order, that can serve at `now`
+/// (`clock::now_ms`).
+pub fn choose(state: &State, route: &Route, origin: Origin, now: u64) -> Choice {
     let geo = &state.geo;
-    let now = clock::now_ms();
     let order = dc_order(geo, origin.region);
     let home = order.first().copied();
     let serves = |p: PoolId| state.pool(p).can_serve(now);

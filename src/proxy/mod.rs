@@ -27,6 +27,7 @@ pub use account::{error_response, Account, ResponseBody};
 use crate::accesslog::flags;
 use crate::body::{self, ClientBody, ProxyBody};
 use crate::cache::{self, Answer, Plan};
+use crate::clock;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::state::{PoolId, Route, RouteId, State};
@@ -173,7 +174,7 @@ fn region(state: &State, route: &Route, conn: &ConnInfo, headers: &HeaderMap, ac
         return None;
     }
     let origin = geo::origin(&state.geo, conn.peer.ip(), headers);
-    let choice = geo::choose(state, route, origin);
+    let choice = geo::choose(state, route, origin, clock::now_ms());
     geo::account(state, origin, choice.home, choice.serving);
     account.note(|l| {
         l.region = geo::region_name(state, origin.region);
@@ -203,7 +204,7 @@ fn target(
         account.note(|l| l.pool = Some(pool.name.clone()));
         return Ok((pool, None));
     };
-    let t = split::decide(state, sp, &parts.method, &parts.headers);
+    let t = split::decide(state, sp, &parts.method, &parts.headers, clock::now_ms());
     let counter = if t == Target::Replicas {
         &sp.to_replica
     } else {

@@ -6,7 +6,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
 
-use crate::clock::{self, unix_secs as unix_now};
+use crate::clock::unix_secs as unix_now;
 use crate::session::{find_cookie, set_cookie};
 use crate::state::{Split, State};
 
@@ -38,9 +38,8 @@ pub fn is_read(split: &Split, method: &Method) -> bool {
     split.cfg.read_methods.contains(method)
 }
 
-/// Where this request goes.
-pub fn decide(state: &State, split: &Split, method: &Method, headers: &HeaderMap) -> Target {
-    let now = clock::now_ms();
+/// Where this request goes, by the pools' health at `now` (`clock::now_ms`).
+pub fn decide(state: &State, split: &Split, method: &Method, headers: &HeaderMap, now: u64) -> Target {
     let primary = state.pool(split.primary);
     let replicas = state.pool(split.replicas);
     if is_read(split, method) {
