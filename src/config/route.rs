@@ -91,49 +91,7 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
     if !pools.is_empty() && (pool.is_some() || o.has("split")) {
         o.problem("pools", "a route sends to one of `pool`, `pools` or `[route.split]`");
     }
-    let split = o.obj("split").and_then(|sp| {
-        let primary = sp.req_str("primary");
-        let replicas = sp.req_str("replicas");
-        let read_methods = match sp.str_list("read_methods") {
-            Some(list) => list
-                .into_iter()
-                .filter_map(|(m, at)| match Method::from_bytes(m.as_bytes()) {
-                    Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => Some(method),
-                    _ => {
-                        sp.ctx().problem(at.path, at.line, format!("invalid method {m:?}"));
-                        None
-                    }
-                })
-                .collect(),
-            None => vec![Method::GET, Method::HEAD, Method::OPTIONS],
-        };
-        let read_your_writes = sp
-            .duration("read_your_writes")
-            .unwrap_or(std::time::Duration::from_secs(5));
-        let max_replica_lag = sp
-            .duration("max_replica_lag")
-            .unwrap_or(std::time::Duration::from_secs(2));
-        let force_primary_header = match sp.str("force_primary_header") {
-            Some(v) if v.is_empty() => None,
-            Some(v) => match http::HeaderName::from_bytes(v.as_bytes()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    sp.problem("force_primary_header", format!("{v:?} is not a valid header name"));
-                    None
-                }
-            },
-            None => Some(http::HeaderName::from_static("x-read-primary")),
-        };
-        sp.finish();
-        Some(SplitConfig {
-            primary: primary?,
-            replicas: replicas?,
-            read_methods,
-            read_your_writes,
-            max_replica_lag,
-            force_primary_header,
-        })
-    });
+    let split = o.obj("split").and_then(read_split);
     if split.is_some() && pool.is_some() {
         o.problem("split", "a route sends to one of `pool` or `[route.split]`, not both");
     }
@@ -181,6 +139,51 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
         },
         RouteAt { name: o.at_key("name") },
     ))
+}
+
+/// `[route.split]`: the primary and replicas pools and the rules between them.
+fn read_split(sp: Obj) -> Option<SplitConfig> {
+    let primary = sp.req_str("primary");
+    let replicas = sp.req_str("replicas");
+    let read_methods = match sp.str_list("read_methods") {
+        Some(list) => list
+            .into_iter()
+            .filter_map(|(m, at)| match Method::from_bytes(m.as_bytes()) {
+                Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => Some(method),
+                _ => {
+                    sp.ctx().problem(at.path, at.line, format!("invalid method {m:?}"));
+                    None
+                }
+            })
+            .collect(),
+        None => vec![Method::GET, Method::HEAD, Method::OPTIONS],
+    };
+    let read_your_writes = sp
+        .duration("read_your_writes")
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let max_replica_lag = sp
+        .duration("max_replica_lag")
+        .unwrap_or(std::time::Duration::from_secs(2));
+    let force_primary_header = match sp.str("force_primary_header") {
+        Some(v) if v.is_empty() => None,
+        Some(v) => match http::HeaderName::from_bytes(v.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                sp.problem("force_primary_header", format!("{v:?} is not a valid header name"));
+                None
+            }
+        },
+        None => Some(http::HeaderName::from_static("x-read-primary")),
+    };
+    sp.finish();
+    Some(SplitConfig {
+        primary: primary?,
+        replicas: replicas?,
+        read_methods,
+        read_your_writes,
+        max_replica_lag,
+        force_primary_header,
+    })
 }
 
 fn check_path(o: &Obj, key: &'static str, p: &str) -> bool {
