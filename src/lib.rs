@@ -14,6 +14,8 @@
 //! - [`app`]: start-up, worker runtimes, signals, reload, graceful shutdown.
 //! - [`error`]: the one error table (status, body, blame, retry rules).
 //! - [`accesslog`]: JSON / combined access log written off the request path.
+//! - [`ratelimit`]: route rate limits (GCRA over a bounded key table, shared through Redis).
+//! - [`mirror`]: copies of a route's requests to a shadow pool.
 //! - [`testbackend`]: the test backend used by `waypost demo` and the integration tests.
 
 pub mod accesslog;
@@ -27,7 +29,9 @@ pub mod error;
 pub mod health;
 pub mod lifecycle;
 pub mod listener;
+pub mod mirror;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod session;
 pub mod state;

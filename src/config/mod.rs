@@ -3,6 +3,7 @@
 
 mod cache;
 mod geo;
+mod policy;
 mod pool;
 mod reader;
 mod route;
@@ -19,6 +20,7 @@ use crate::health::probe::HealthCheck;
 use crate::health::Passive;
 pub use cache::{CacheConfig, RouteCacheConfig};
 pub use geo::{DatacenterConfig, GeoConfig};
+pub use policy::{LimitConfig, LimitKeyPart, MirrorConfig, RateLimitConfig, RedisDown};
 use pool::read_pool;
 use route::{check_shadowed_routes, read_route, RouteAt};
 
@@ -38,6 +40,8 @@ pub struct Config {
     pub geo: GeoConfig,
     pub datacenters: Vec<DatacenterConfig>,
     pub cache: CacheConfig,
+    /// `[ratelimit]`: settings of every route limit, Redis sharing.
+    pub ratelimit: RateLimitConfig,
     /// Hex digest of the file's bytes, shown in /status to tell generations apart.
     pub hash: String,
 }
@@ -268,6 +272,11 @@ pub struct RouteConfig {
     pub pools: Vec<String>,
     /// `[route.cache]`: this route's GET and HEAD responses are cached.
     pub cache: Option<RouteCacheConfig>,
+    /// `[[route.limit]]`: rate limits, checked in order (a name shared with other routes is
+    /// already resolved to its definition).
+    pub limits: Vec<LimitConfig>,
+    /// `[route.mirror]`: copies to a shadow pool.
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// `[route.split]`: writes to the primary pool, reads to the replicas.
@@ -358,6 +367,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let dc_objs = root.objs("datacenter");
     let datacenters: Vec<_> = dc_objs.iter().filter_map(geo::read_datacenter).collect();
     let cache = cache::read_cache(root.obj("cache"));
+    let ratelimit = policy::read_ratelimit(root.obj("ratelimit"));
 
     let listener_objs = root.objs("listener");
     // `listener = []` is as empty as no listener at all (a wrong type is reported by `objs`).
@@ -371,7 +381,14 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let pools: Vec<_> = pool_objs.iter().filter_map(|o| read_pool(o, base)).collect();
 
     let route_objs = root.objs("route");
-    let routes: Vec<(RouteConfig, RouteAt)> = route_objs.iter().filter_map(read_route).collect();
+    let mut routes: Vec<(RouteConfig, RouteAt)> = route_objs.iter().filter_map(read_route).collect();
+    {
+        let mut refs: Vec<(&mut Vec<LimitConfig>, &[At])> = routes
+            .iter_mut()
+            .map(|(r, at)| (&mut r.limits, at.limits.as_slice()))
+            .collect();
+        policy::resolve_shared_limits(root.ctx(), &mut refs);
+    }
 
     let ctx = root.ctx();
     // Names and references are checked from the raw tables, so that one bad key elsewhere in a
@@ -434,6 +451,20 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
                 o.problem("pool", format!("unknown pool {p:?}"));
             }
         }
+        if let Some((p, at)) = o.peek_sub_str("mirror", "pool") {
+            if !pool_names.contains(p.as_str()) {
+                ctx.problem(at.path, at.line, format!("unknown pool {p:?}"));
+            }
+        }
+    }
+    if let (Some(rl), Some(s)) = (&ratelimit, &session) {
+        if rl.redis.is_some() && s.secret_file.is_none() {
+            ctx.problem(
+                "ratelimit.redis",
+                root.key_line("ratelimit"),
+                "sharing limits through Redis needs a [session] secret_file shared by the instances (it keys the names of the counters)",
+            );
+        }
     }
     for o in listener_objs {
         o.finish();
@@ -478,6 +509,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         datacenters: datacenters.into_iter().map(|(d, _)| d).collect(),
         geo: geo?,
         cache: cache?,
+        ratelimit: ratelimit?,
         hash: String::new(),
     })
 }

@@ -1,6 +1,6 @@
 //! The request pipeline. This module owns the order of the phases and nothing else:
 //!
-//! 1 route → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick + 6 forward
+//! 1 route (then its rate limits) → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick + 6 forward
 //! → 7 cache store → 8 respond (headers out; one exit writes the access log and metrics).
 //!
 //! Each capability plugs in as a phase of its own module (geo, cache, split, affinity); this
@@ -271,6 +271,17 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
         return respond_error(ProxyError::NoRoute, state, listener, None, started, log);
     };
     let route = &state.routes[route_idx];
+    // 1b rate limits: a request over a limit is refused before anything else is done for it.
+    if let Err(denied) = state
+        .ratelimit
+        .check(route_idx, conn.peer.ip(), &parts.headers, started)
+    {
+        if let Some(l) = log.as_mut() {
+            l.route = Some(route.name.clone());
+            l.flags |= flags::RATE_LIMITED;
+        }
+        return respond(denied.response(), state, listener, Some(route_idx), started, log);
+    }
     // 2 region: for geo routes, the client's region picks the data center's pool.
     let geo_pool = if route.geo_pools.is_empty() {
         None
@@ -382,6 +393,8 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnInfo, state: Arc<State>) 
     parts.uri = headers::upstream_uri(&parts.uri, route.strip);
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, ProxyBody::Incoming(body));
+    // 6a mirror: a copy for the route's shadow pool, sent on its own.
+    let upstream_req = state.mirrors.tee(route_idx, upstream_req);
     if let Some((resp, p)) = refresh {
         // stale-while-revalidate: the client has its answer now; the refresh runs on its own.
         if let Some(rc) = route.cache.as_ref() {

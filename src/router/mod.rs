@@ -183,6 +183,8 @@ mod tests {
             split: None,
             pools: vec![],
             cache: None,
+            limits: Vec::new(),
+            mirror: None,
         }
     }
 
