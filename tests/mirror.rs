@@ -126,16 +126,23 @@ fn post(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
 }
 
 async fn counter(p: &Proxy, result: &str) -> f64 {
-    p.metric(&format!("waypost_mirror_requests_total{{route=\"api\",result=\"{result}\"}}"))
-        .await
-        .unwrap_or(0.0)
+    p.metric(&format!(
+        "waypost_mirror_requests_total{{route=\"api\",result=\"{result}\"}}"
+    ))
+    .await
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shadow_sees_the_request_the_backend_sees_plus_the_mirror_header() {
     let b = TestBackend::start("b").await.unwrap();
     let shadow = Recorder::start().await;
-    let p = Proxy::start(&config(b.addr, shadow.addr, "[route.mirror]\npool = \"shadow\"\nmax_body_bytes = \"1KiB\"", ""));
+    let p = Proxy::start(&config(
+        b.addr,
+        shadow.addr,
+        "[route.mirror]\npool = \"shadow\"\nmax_body_bytes = \"1KiB\"",
+        "",
+    ));
 
     let r = send(p.addr(), post("/api/items?x=1", b"{\"hello\":\"mirror\"}")).await;
     assert_eq!(r.status(), 200);
@@ -144,16 +151,27 @@ async fn the_shadow_sees_the_request_the_backend_sees_plus_the_mirror_header() {
     let s = &seen[0];
     assert_eq!(s.method, "POST");
     assert_eq!(s.method, primary["method"]);
-    assert_eq!(s.target, "/items?x=1", "the prefix is stripped for the shadow as for the backend");
+    assert_eq!(
+        s.target, "/items?x=1",
+        "the prefix is stripped for the shadow as for the backend"
+    );
     assert_eq!(primary["path"], "/items");
     assert_eq!(s.body.as_ref(), b"{\"hello\":\"mirror\"}");
     assert_eq!(primary["body_bytes"], s.body.len(), "{primary}");
-    assert_eq!(s.headers.get("x-waypost-mirror").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(
+        s.headers.get("x-waypost-mirror").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
     let headers = primary["headers"].as_object().expect("headers");
     assert!(!headers.contains_key("x-waypost-mirror"), "only the copy is marked");
     for (name, value) in headers {
         let v = value.as_str().unwrap();
-        let got: Vec<&str> = s.headers.get_all(name.as_str()).iter().map(|h| h.to_str().unwrap()).collect();
+        let got: Vec<&str> = s
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|h| h.to_str().unwrap())
+            .collect();
         assert_eq!(
             got.join(", "),
             v,
@@ -191,7 +209,9 @@ fn futures_stream(chunks: &[&'static [u8]]) -> Vec<Bytes> {
 async fn send_streamed(addr: SocketAddr, path: &str, chunks: Vec<Bytes>) -> u16 {
     use http_body_util::StreamBody;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let frames = futures_util::stream::iter(
         chunks
@@ -238,11 +258,17 @@ async fn a_hanging_or_absent_shadow_changes_nothing_for_the_client() {
     let (codes, hang_p99) = timed_gets(p.addr(), "/api/x", N).await;
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     // Four copies wait on the shadow; every other one was dropped, not queued.
-    assert!(eventually(PATIENCE, || async { counter(&p, "dropped").await == (N - 4) as f64 }).await,
-        "dropped = {}", counter(&p, "dropped").await);
+    assert!(
+        eventually(PATIENCE, || async { counter(&p, "dropped").await == (N - 4) as f64 }).await,
+        "dropped = {}",
+        counter(&p, "dropped").await
+    );
 
     // The shadow is down (nothing listens on its port): copies fail, clients do not.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let q = Proxy::start(&config(b.addr, gone, "[route.mirror]\npool = \"shadow\"", ""));
     let (codes, down_p99) = timed_gets(q.addr(), "/api/x", N).await;
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
@@ -268,19 +294,30 @@ async fn sampling_and_reloads_decide_what_is_copied() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(shadow.seen().len(), 0, "no mirror configured yet");
 
-    assert_eq!(reload("[route.mirror]\npool = \"shadow\"\npercent = 0").await.status(), 200);
+    assert_eq!(
+        reload("[route.mirror]\npool = \"shadow\"\npercent = 0").await.status(),
+        200
+    );
     for _ in 0..50 {
         get(p.addr(), "/api/b").await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(shadow.seen().len(), 0, "percent = 0 copies nothing");
 
-    assert_eq!(reload("[route.mirror]\npool = \"shadow\"\npercent = 50").await.status(), 200);
+    assert_eq!(
+        reload("[route.mirror]\npool = \"shadow\"\npercent = 50").await.status(),
+        200
+    );
     for _ in 0..400 {
         get(p.addr(), "/api/c").await;
     }
     // 400 draws at 1/2: 200 ± 10 standard deviations stays inside 100..300.
-    assert!(eventually(PATIENCE, || async { counter(&p, "ok").await == shadow.seen().len() as f64 }).await);
+    assert!(
+        eventually(PATIENCE, || async {
+            counter(&p, "ok").await == shadow.seen().len() as f64
+        })
+        .await
+    );
     let n = shadow.seen().len();
     assert!((100..=300).contains(&n), "{n} of 400 copied at 50%");
 
@@ -289,5 +326,9 @@ async fn sampling_and_reloads_decide_what_is_copied() {
         get(p.addr(), "/api/d").await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(shadow.seen().len(), n, "mirroring stops with the reload that removes it");
+    assert_eq!(
+        shadow.seen().len(),
+        n,
+        "mirroring stops with the reload that removes it"
+    );
 }

@@ -204,7 +204,11 @@ ipv6_prefix = 64
     assert_eq!(c.status("/", &xff("203.0.113.5")).await, 200);
     assert_eq!(c.status("/", &xff("203.0.113.5")).await, 429);
     assert_eq!(c.status("/", &xff("203.0.113.6")).await, 200);
-    assert_eq!(c.status("/", &xff("198.51.100.1, 203.0.113.6")).await, 429, "the right-most untrusted entry is the client");
+    assert_eq!(
+        c.status("/", &xff("198.51.100.1, 203.0.113.6")).await,
+        429,
+        "the right-most untrusted entry is the client"
+    );
     assert_eq!(c.status("/", &xff("2001:db8::1")).await, 200);
     assert_eq!(c.status("/", &xff("2001:db8::ffff:2")).await, 429, "same /64");
     assert_eq!(c.status("/", &xff("2001:db8:0:1::1")).await, 200, "another /64");
@@ -344,7 +348,10 @@ async fn a_flood_of_distinct_keys_leaves_the_table_at_its_size() {
     assert_eq!(refused, 0, "every new key has its burst of one");
     let after = status_json(&p).await["ratelimit"]["limits"][0].clone();
     assert_eq!(after["capacity"], 256, "{after}");
-    assert_eq!(after["memory_bytes"], before["memory_bytes"], "the table never grew: {after}");
+    assert_eq!(
+        after["memory_bytes"], before["memory_bytes"],
+        "the table never grew: {after}"
+    );
     let keys = after["keys"].as_u64().unwrap();
     assert!(keys <= 256, "20000 keys seen, at most 256 kept: {after}");
     assert!(after["evictions"].as_u64().unwrap() >= 20_000 - 256, "{after}");

@@ -37,7 +37,16 @@ impl RedisServer {
     async fn start(port: u16) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -148,7 +157,8 @@ async fn load(addrs: &[SocketAddr], rps: f64, dur: Duration) -> (Vec<Tally>, f64
                                 t.other += 1;
                                 continue;
                             };
-                            let Ok((s, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                            let Ok((s, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                            else {
                                 t.other += 1;
                                 continue;
                             };
@@ -156,7 +166,10 @@ async fn load(addrs: &[SocketAddr], rps: f64, dur: Duration) -> (Vec<Tally>, f64
                             sender = Some(s);
                         }
                         let s: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>> = sender.as_mut().unwrap();
-                        let req = Request::get("/").header("host", "x").body(Full::new(Bytes::new())).unwrap();
+                        let req = Request::get("/")
+                            .header("host", "x")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
                         let res = match s.ready().await {
                             Ok(()) => s.send_request(req).await,
                             Err(e) => Err(e),
@@ -279,8 +292,13 @@ async fn two_instances_hold_one_limit_through_redis_and_fall_back_to_their_share
     assert_within("redis down, local share", &t, secs, rps);
     for p in [&p1, &p2] {
         assert_eq!(p.metric("waypost_ratelimit_redis_up").await, Some(0.0));
-        let errors = p.metric("waypost_ratelimit_redis_syncs_total{result=\"error\"}").await.unwrap_or(0.0)
-            + p.metric("waypost_ratelimit_redis_syncs_total{result=\"timeout\"}").await.unwrap_or(0.0);
+        let errors = p
+            .metric("waypost_ratelimit_redis_syncs_total{result=\"error\"}")
+            .await
+            .unwrap_or(0.0)
+            + p.metric("waypost_ratelimit_redis_syncs_total{result=\"timeout\"}")
+                .await
+                .unwrap_or(0.0);
         assert!(errors > 0.0, "failed exchanges are counted");
     }
 
@@ -303,18 +321,28 @@ async fn with_fail_open_nothing_is_refused_while_redis_is_gone() {
     wait_redis(&[&p1, &p2], true, Some(2)).await;
     let addrs = [p1.addr(), p2.addr()];
     let (t, _) = load(&addrs, 150.0, Duration::from_secs(2)).await;
-    assert!(t.iter().map(|x| x.limited).sum::<u64>() > 0, "the limit holds while Redis is up: {t:?}");
+    assert!(
+        t.iter().map(|x| x.limited).sum::<u64>() > 0,
+        "the limit holds while Redis is up: {t:?}"
+    );
 
     let port = redis.kill();
     wait_redis(&[&p1, &p2], false, None).await;
     assert_eq!(status(&p2).await["ratelimit"]["redis"]["mode"], "fail_open");
     let (t, _) = load(&addrs, 150.0, Duration::from_secs(2)).await;
-    assert_eq!(t.iter().map(|x| x.limited + x.other).sum::<u64>(), 0, "fail open: all admitted: {t:?}");
+    assert_eq!(
+        t.iter().map(|x| x.limited + x.other).sum::<u64>(),
+        0,
+        "fail open: all admitted: {t:?}"
+    );
     assert!(t.iter().map(|x| x.ok).sum::<u64>() > 300);
 
     let _redis = RedisServer::start(port).await;
     wait_redis(&[&p1, &p2], true, None).await;
     let (t, _) = load(&addrs, 150.0, Duration::from_secs(2)).await;
-    assert!(t.iter().map(|x| x.limited).sum::<u64>() > 0, "limited again once Redis is back: {t:?}");
+    assert!(
+        t.iter().map(|x| x.limited).sum::<u64>() > 0,
+        "limited again once Redis is back: {t:?}"
+    );
     assert_eq!(t.iter().map(|x| x.other).sum::<u64>(), 0, "{t:?}");
 }
