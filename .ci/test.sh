@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 #   systemd     systemd-analyze verify of the unit files (tests/lifecycle.rs)
 #   sslscan     the TLS scan of a listener (tests/tls.rs)
 #   openssl     RSA (PKCS#1, PKCS#8) and EC (SEC1) keys for tests/tls.rs
-APT_PACKAGES="prometheus systemd sslscan openssl"
+#   redis-server  the Redis that shares rate limits between instances (tests/ratelimit_redis.rs)
+APT_PACKAGES="prometheus systemd sslscan openssl redis-server"
 
 missing=()
 for pkg in $APT_PACKAGES; do

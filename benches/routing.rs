@@ -27,6 +27,8 @@ fn route(name: String, hosts: Vec<HostMatch>, path: PathMatch, methods: Option<V
         split: None,
         pools: vec![],
         cache: None,
+        limits: Vec::new(),
+        mirror: None,
     }
 }
 

@@ -21,7 +21,14 @@ pub mod flags {
     pub const UPGRADED: u16 = 1 << 1;
     /// The response body did not reach its end (client gone or backend broke mid-body).
     pub const ABORTED: u16 = 1 << 2;
-    pub const NAMES: [(u16, &str); 3] = [(RETRIED, "retried"), (UPGRADED, "upgraded"), (ABORTED, "aborted")];
+    /// Refused by a route's rate limit (429).
+    pub const RATE_LIMITED: u16 = 1 << 3;
+    pub const NAMES: [(u16, &str); 4] = [
+        (RETRIED, "retried"),
+        (UPGRADED, "upgraded"),
+        (ABORTED, "aborted"),
+        (RATE_LIMITED, "rate_limited"),
+    ];
 }
 
 pub struct Record {

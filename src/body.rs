@@ -24,6 +24,8 @@ pub enum ProxyBody {
     Upstream(UpstreamBody),
     /// A backend's response body on its way to the client and into the cache.
     Caching(Box<crate::cache::Tee>),
+    /// A client's request body on its way to a backend, also kept for a mirrored copy.
+    Mirrored(Box<crate::mirror::Tee>),
 }
 
 impl ProxyBody {
@@ -72,6 +74,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Caching(t) => Pin::new(&mut **t).poll_frame(cx),
+            ProxyBody::Mirrored(t) => Pin::new(&mut **t).poll_frame(cx),
             ProxyBody::Upstream(u) => match Pin::new(&mut u.body).poll_frame(cx) {
                 Poll::Ready(None) => {
                     if let Some(lease) = u.lease.take() {
@@ -96,6 +99,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Upstream(u) => u.body.is_end_stream(),
             ProxyBody::Caching(t) => t.is_end_stream(),
+            ProxyBody::Mirrored(t) => t.is_end_stream(),
         }
     }
 
@@ -106,6 +110,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Upstream(u) => u.body.size_hint(),
             ProxyBody::Caching(t) => t.size_hint(),
+            ProxyBody::Mirrored(t) => t.size_hint(),
         }
     }
 }

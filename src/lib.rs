@@ -21,6 +21,8 @@
 //!   one error table: status, body, blame, retry rules), [`headers`] (forwarding rules for
 //!   header fields), [`session`] (signed cookies), [`net`] (addresses, CIDR tables), [`clock`]
 //!   (the one clock).
+//! - [`ratelimit`]: route rate limits (GCRA over a bounded key table, shared through Redis).
+//! - [`mirror`]: copies of a route's requests to a shadow pool.
 //! - [`testbackend`]: the test backend used by `waypost demo` and the integration tests.
 
 #![warn(clippy::disallowed_methods)]
@@ -39,8 +41,10 @@ pub mod headers;
 pub mod health;
 pub mod lifecycle;
 pub mod listener;
+pub mod mirror;
 pub mod net;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod session;
 pub mod state;

@@ -181,6 +181,18 @@ impl SessionKey {
         }
     }
 
+    /// A 16-byte key for another use of the same secret (the rate-limit key hash), derived
+    /// under `label`: instances sharing the secret derive the same key, nobody else can.
+    pub fn derive_key(&self, label: &[u8]) -> [u8; 16] {
+        let mut m = self.mac.clone();
+        m.update(b"waypost derived key v1 ");
+        m.update(label);
+        let out = m.finalize().into_bytes();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&out[..16]);
+        k
+    }
+
     /// The cookie value for a claim: opaque, URL- and cookie-safe, 46 characters for a sticky
     /// claim and 35 for read-your-writes.
     pub fn seal(&self, claim: Claim) -> String {

@@ -135,6 +135,10 @@ pub struct State {
     /// The response store, when a route caches. Kept across reloads (emptied only when
     /// `[cache] max_size` changes or no route caches any more).
     pub cache: Option<Arc<Cache>>,
+    /// `[[route.limit]]`: the limits by route; tables kept across reloads while unchanged.
+    pub ratelimit: crate::ratelimit::Limits,
+    /// `[route.mirror]`: the shadow pools by route.
+    pub mirrors: crate::mirror::Mirrors,
 }
 
 impl State {
@@ -225,6 +229,8 @@ impl State {
                 }]
             })?;
         let geo = Geo::new(&config, &pools);
+        let ratelimit = crate::ratelimit::Limits::build(&config, previous.map(|p| &p.ratelimit), &session);
+        let mirrors = crate::mirror::Mirrors::build(&config, &pools, previous.map(|p| &p.mirrors));
         let cache = if config.routes.iter().any(|r| r.cache.is_some()) {
             match previous.and_then(|p| p.cache.as_ref()) {
                 Some(c) if c.max_size == config.cache.max_size => {
@@ -275,6 +281,8 @@ impl State {
             session,
             geo,
             cache,
+            ratelimit,
+            mirrors,
             config: Arc::new(config),
         })
     }

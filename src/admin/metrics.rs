@@ -43,6 +43,13 @@ pub const CACHE_BYTES: &str = "waypost_cache_bytes";
 pub const CACHE_ENTRIES: &str = "waypost_cache_entries";
 pub const CACHE_PURGED_TOTAL: &str = "waypost_cache_purged_total";
 pub const ERRORS_TOTAL: &str = "waypost_errors_total";
+pub const RATELIMITED_TOTAL: &str = "waypost_ratelimited_total";
+pub const RATELIMIT_KEYS: &str = "waypost_ratelimit_keys";
+pub const RATELIMIT_EVICTIONS_TOTAL: &str = "waypost_ratelimit_evictions_total";
+pub const RATELIMIT_REDIS_UP: &str = "waypost_ratelimit_redis_up";
+pub const RATELIMIT_REDIS_INSTANCES: &str = "waypost_ratelimit_redis_instances";
+pub const RATELIMIT_REDIS_SYNCS_TOTAL: &str = "waypost_ratelimit_redis_syncs_total";
+pub const MIRROR_REQUESTS_TOTAL: &str = "waypost_mirror_requests_total";
 
 /// Status classes as label values; index 5 is a transport failure with no status at all.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -198,6 +205,34 @@ fn describe() {
         TLS_CERT_NOT_AFTER,
         Unit::Seconds,
         "Unix time at which a served certificate expires, by certificate file."
+    );
+    describe_counter!(
+        RATELIMITED_TOTAL,
+        "Requests refused with 429 by a rate limit, by route and limit."
+    );
+    describe_gauge!(
+        RATELIMIT_KEYS,
+        "Keys a rate limit is tracking (not yet back to a full burst), by limit; at most its max_keys."
+    );
+    describe_counter!(
+        RATELIMIT_EVICTIONS_TOTAL,
+        "Active keys dropped from a full rate-limit table for a new key (that key restarts with a full burst), by limit."
+    );
+    describe_gauge!(
+        RATELIMIT_REDIS_UP,
+        "1 while rate limits are shared through Redis, 0 while they fall back ([ratelimit] on_redis_down)."
+    );
+    describe_gauge!(
+        RATELIMIT_REDIS_INSTANCES,
+        "Instances sharing the rate limits, as last counted in Redis: each one's local share is 1/N."
+    );
+    describe_counter!(
+        RATELIMIT_REDIS_SYNCS_TOTAL,
+        "Exchanges of rate-limit counts with Redis, by result: ok, error, timeout."
+    );
+    describe_counter!(
+        MIRROR_REQUESTS_TOTAL,
+        "Copies of requests for a route's shadow pool, by result: ok (the shadow answered), error, dropped (too many in flight), too_large (body over max_body_bytes), incomplete (the client's body did not finish)."
     );
 }
 
@@ -423,6 +458,31 @@ pub fn tls_handshake_errors(listener: &str) -> Counter {
 /// Expiry of a served certificate, labelled with its file.
 pub fn set_cert_not_after(certificate: &str, unix: i64) {
     gauge!(TLS_CERT_NOT_AFTER, "certificate" => certificate.to_string()).set(unix as f64);
+}
+
+pub fn ratelimited_counter(route: &str, limit: &str) -> Counter {
+    counter!(RATELIMITED_TOTAL, "route" => route.to_string(), "limit" => limit.to_string())
+}
+
+pub fn ratelimit_evictions(limit: &str) -> Counter {
+    counter!(RATELIMIT_EVICTIONS_TOTAL, "limit" => limit.to_string())
+}
+
+pub fn set_ratelimit_keys(limit: &str, n: usize) {
+    gauge!(RATELIMIT_KEYS, "limit" => limit.to_string()).set(n as f64);
+}
+
+pub fn redis_syncs(result: &'static str) -> Counter {
+    counter!(RATELIMIT_REDIS_SYNCS_TOTAL, "result" => result)
+}
+
+pub fn set_redis(up: bool, instances: u32) {
+    gauge!(RATELIMIT_REDIS_UP).set(if up { 1.0 } else { 0.0 });
+    gauge!(RATELIMIT_REDIS_INSTANCES).set(instances as f64);
+}
+
+pub fn mirror_counter(route: &str, result: &'static str) -> Counter {
+    counter!(MIRROR_REQUESTS_TOTAL, "route" => route.to_string(), "result" => result)
 }
 
 #[cfg(test)]

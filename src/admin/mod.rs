@@ -221,6 +221,7 @@ fn refresh_gauges(shared: &Shared) {
         }
     }
     metrics::set_generation(state.generation, shared.last_success());
+    state.ratelimit.refresh_gauges();
     if let Some(c) = &state.cache {
         c.settle();
         metrics::set_cache(c.bytes(), c.entries());
@@ -344,6 +345,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "last_reload": last,
         "listeners": listeners,
         "geo": geo_status(&state),
+        "ratelimit": state.ratelimit.status(),
         "pools": pools,
         "routes": routes,
         "cache": state.cache.as_ref().map(|c| json!({

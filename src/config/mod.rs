@@ -5,6 +5,7 @@ mod cache;
 mod geo;
 mod health;
 pub mod ids;
+mod policy;
 mod pool;
 mod reader;
 mod route;
@@ -21,6 +22,7 @@ pub use cache::{CacheConfig, RouteCacheConfig};
 pub use geo::{DatacenterConfig, GeoConfig};
 pub use health::{parse_status_ranges, HealthCheck, Passive};
 pub use ids::{ListenerId, PoolId, RouteId};
+pub use policy::{LimitConfig, LimitKeyPart, MirrorConfig, RateLimitConfig, RedisDown};
 use pool::read_pool;
 pub use pool::{load_trust_roots, UpstreamTlsConfig};
 use route::{check_shadowed_routes, read_route, RouteAt};
@@ -41,6 +43,8 @@ pub struct Config {
     pub geo: GeoConfig,
     pub datacenters: Vec<DatacenterConfig>,
     pub cache: CacheConfig,
+    /// `[ratelimit]`: settings of every route limit, Redis sharing.
+    pub ratelimit: RateLimitConfig,
     /// Hex digest of the file's bytes, shown in /status to tell generations apart.
     pub hash: String,
 }
@@ -271,6 +275,11 @@ pub struct RouteConfig {
     pub pools: Vec<String>,
     /// `[route.cache]`: this route's GET and HEAD responses are cached.
     pub cache: Option<RouteCacheConfig>,
+    /// `[[route.limit]]`: rate limits, checked in order (a name shared with other routes is
+    /// already resolved to its definition).
+    pub limits: Vec<LimitConfig>,
+    /// `[route.mirror]`: copies to a shadow pool.
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// `[route.split]`: writes to the primary pool, reads to the replicas.
@@ -361,6 +370,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let dc_objs = root.objs("datacenter");
     let datacenters: Vec<_> = dc_objs.iter().filter_map(geo::read_datacenter).collect();
     let cache = cache::read_cache(root.obj("cache"));
+    let ratelimit = policy::read_ratelimit(root.obj("ratelimit"));
 
     let listener_objs = root.objs("listener");
     // `listener = []` is as empty as no listener at all (a wrong type is reported by `objs`).
@@ -374,7 +384,14 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
     let pools: Vec<_> = pool_objs.iter().filter_map(|o| read_pool(o, base)).collect();
 
     let route_objs = root.objs("route");
-    let routes: Vec<(RouteConfig, RouteAt)> = route_objs.iter().filter_map(read_route).collect();
+    let mut routes: Vec<(RouteConfig, RouteAt)> = route_objs.iter().filter_map(read_route).collect();
+    {
+        let mut refs: Vec<(&mut Vec<LimitConfig>, &[At])> = routes
+            .iter_mut()
+            .map(|(r, at)| (&mut r.limits, at.limits.as_slice()))
+            .collect();
+        policy::resolve_shared_limits(root.ctx(), &mut refs);
+    }
 
     let ctx = root.ctx();
     // Names and references are checked from the raw tables, so that one bad key elsewhere in a
@@ -437,6 +454,20 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
                 o.problem("pool", format!("unknown pool {p:?}"));
             }
         }
+        if let Some((p, at)) = o.peek_sub_str("mirror", "pool") {
+            if !pool_names.contains(p.as_str()) {
+                ctx.problem(at.path, at.line, format!("unknown pool {p:?}"));
+            }
+        }
+    }
+    if let (Some(rl), Some(s)) = (&ratelimit, &session) {
+        if rl.redis.is_some() && s.secret_file.is_none() {
+            ctx.problem(
+                "ratelimit.redis",
+                root.key_line("ratelimit"),
+                "sharing limits through Redis needs a [session] secret_file shared by the instances (it keys the names of the counters)",
+            );
+        }
     }
     for o in listener_objs {
         o.finish();
@@ -481,6 +512,7 @@ fn read_root(root: &Obj, base: Option<&Path>) -> Option<Config> {
         datacenters: datacenters.into_iter().map(|(d, _)| d).collect(),
         geo: geo?,
         cache: cache?,
+        ratelimit: ratelimit?,
         hash: String::new(),
     })
 }

@@ -10,6 +10,8 @@ use super::{check_name, positive_duration, HostMatch, PathMatch, RouteConfig, Sp
 
 pub(super) struct RouteAt {
     pub(super) name: At,
+    /// Where each `[[route.limit]]` is, for the shared-name checks.
+    pub(super) limits: Vec<At>,
 }
 
 pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
@@ -118,6 +120,8 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
         }
     });
     let cache = super::cache::read_route_cache(o);
+    let (limits, limits_at) = super::policy::read_route_limits(o);
+    let mirror = super::policy::read_route_mirror(o);
     if pool.is_none() && !o.has("pools") && !o.has("split") {
         o.problem_here("missing required key `pool` (the pool this route sends to)");
     }
@@ -136,8 +140,13 @@ pub(super) fn read_route(o: &Obj) -> Option<(RouteConfig, RouteAt)> {
             sticky,
             split,
             cache,
+            limits,
+            mirror,
         },
-        RouteAt { name: o.at_key("name") },
+        RouteAt {
+            name: o.at_key("name"),
+            limits: limits_at,
+        },
     ))
 }
 

@@ -74,6 +74,11 @@ impl Account {
         self.note(|l| l.route = Some(name.clone()));
     }
 
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Fill in access-log fields (nothing when the access log is off).
     pub fn note(&mut self, f: impl FnOnce(&mut Record)) {
         if let Some(l) = self.log.as_deref_mut() {

@@ -1,7 +1,7 @@
 //! The request pipeline. This module owns the order of the phases and nothing else:
 //!
-//! 1 route → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick → 6 forward
-//! → 7 cache store → 8 respond.
+//! 1 route (then its rate limits) → 2 region (geo) → 3 cache lookup → 4 target pool → 5 pick
+//! → 6 forward (a mirrored copy goes its own way) → 7 cache store → 8 respond.
 //!
 //! [`handle`] makes the request's context ([`Account`]), runs [`pipeline`], and sends its
 //! result through the one exit ([`Account::respond`]): an error becomes its response through the
@@ -85,6 +85,14 @@ async fn pipeline(
     let route_id = route(state, &parts, host.as_ref())?;
     let route = state.route(route_id);
     account.routed(route_id, &route.name);
+    // 1b rate limits: a request over a limit is refused before anything else is done for it.
+    if let Err(denied) = state
+        .ratelimit
+        .check(route_id.index(), conn.peer.ip(), &parts.headers, account.started())
+    {
+        account.note(|l| l.flags |= flags::RATE_LIMITED);
+        return Ok(denied.response());
+    }
     // 2 region: for geo routes, the client's region picks the data center's pool.
     let home_pool = region(state, route, conn, &parts.headers, account);
     // 3 cache lookup: answer from the store, or learn how to go upstream.
@@ -111,6 +119,8 @@ async fn pipeline(
     let client_upgrade = upgrade.then(|| parts.extensions.remove::<OnUpgrade>()).flatten();
     let method = target.map(|_| parts.method.clone());
     let upstream_req = upstream_request(parts, body, host, conn, route);
+    // 6a mirror: a copy for the route's shadow pool, sent on its own.
+    let upstream_req = state.mirrors.tee(route_id.index(), upstream_req);
     let exchange = plan.forward(pool.clone(), upstream_req, hint, upgrade).await;
     count_cache(route, account, exchange.cache);
     if exchange.attempts.retried {

@@ -184,6 +184,8 @@ mod tests {
             split: None,
             pools: vec![],
             cache: None,
+            limits: Vec::new(),
+            mirror: None,
         }
     }
 
