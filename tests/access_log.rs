@@ -118,6 +118,7 @@ async fn one_json_line_per_request_with_every_field() {
     let b = TestBackend::start("b1").await.unwrap();
     let p = Proxy::start(&config("access = \"stdout\"", &[(b.addr, 1)], ""));
 
+    let first_started = std::time::Instant::now();
     let r = request(
         p.addr(),
         get_req("/first/page?x=1")
@@ -127,7 +128,9 @@ async fn one_json_line_per_request_with_every_field() {
     )
     .await;
     assert_eq!(r.status(), 200);
+    let first_took = first_started.elapsed().as_secs_f64();
     let first_len = r.body().len() as u64;
+    let second_started = std::time::Instant::now();
     let r2 = request(
         p.addr(),
         Request::post("/second")
@@ -138,6 +141,7 @@ async fn one_json_line_per_request_with_every_field() {
     )
     .await;
     assert_eq!(r2.status(), 200);
+    let second_took = second_started.elapsed().as_secs_f64();
     let r3 = request(
         p.addr(),
         get_req("/bytes/12345")
@@ -164,7 +168,11 @@ async fn one_json_line_per_request_with_every_field() {
     assert_eq!(l["path"], "/first/page");
     assert_eq!(l["status"], 200);
     assert_eq!(l["bytes"], first_len, "bytes = the response body sent");
-    assert!(l["duration"].as_f64().is_some_and(|d| d >= 0.0), "{l}");
+    // In seconds, and within what the client saw the request take.
+    assert!(
+        l["duration"].as_f64().is_some_and(|d| d >= 0.0 && d <= first_took),
+        "the client saw {first_took}s: {l}"
+    );
     assert_eq!(l["route"], "all");
     assert_eq!(l["pool"], "web");
     assert_eq!(l["backend"], b.addr.to_string());
@@ -175,8 +183,8 @@ async fn one_json_line_per_request_with_every_field() {
     assert_eq!(l["status"], 200);
     assert_eq!(l["bytes"], r2.body().len() as u64);
     assert!(
-        l["duration"].as_f64().unwrap() >= 0.2,
-        "the backend took 200ms, the log says {}",
+        l["duration"].as_f64().unwrap() >= 0.2 && l["duration"].as_f64().unwrap() <= second_took,
+        "the backend took 200ms and the client saw {second_took}s; the log says {}",
         l["duration"]
     );
 

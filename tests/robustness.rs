@@ -13,15 +13,31 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Write raw bytes, read until the server closes (or the deadline); the response text.
+/// Write raw bytes, read until the server closes; the response text. A server that neither
+/// closes nor aborts the connection within PATIENCE fails the test.
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
+    read_to_close(&mut s).await
+}
+
+/// Everything the server sends until it closes (or resets) the connection, which it must do
+/// within PATIENCE.
+async fn read_to_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let mut buf = [0u8; 8192];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_ok(), "the server kept the connection open: {text:?}");
+    text
 }
 
 fn status_of(response: &str) -> Option<u16> {
@@ -125,8 +141,9 @@ async fn ambiguous_framing_is_refused_with_400_and_never_forwarded() {
             None,
         ),
         (
+            // (Framing is fine here, so the connection may stay open: ask for the close.)
             "a bad request target",
-            b"GET not-a-path HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET not-a-path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             Some("400 bad request"),
         ),
         ("a space in the target", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", None),
@@ -198,12 +215,10 @@ async fn a_smuggling_head_split_across_reads_is_still_refused() {
         b"\nhello",
     ] {
         s.write_all(piece).await.unwrap();
-        // Let each piece be read on its own.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Each piece is read on its own before the next is sent.
+        wait_read_by_peer(&s).await;
     }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    let resp = String::from_utf8_lossy(&out);
+    let resp = read_to_close(&mut s).await;
     assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "{resp}");
     assert_eq!(b.hits(), 0);
 }
@@ -300,7 +315,6 @@ async fn misbehaving_backends_get_clean_errors_and_no_false_complete_bodies() {
             healthy.addr
         ));
         // Another client keeps being served while the broken exchange is under way.
-        let started = std::time::Instant::now();
         let (broken, fine) = tokio::join!(
             tokio::time::timeout(
                 PATIENCE,
@@ -315,11 +329,11 @@ async fn misbehaving_backends_get_clean_errors_and_no_false_complete_bodies() {
             status.is_some_and(|s| want.contains(&s)),
             "{what}: expected {want:?}, got {broken:?}"
         );
+        let body = body_of(&broken);
         assert!(
-            broken.lines().last().is_some_and(|l| !l.is_empty()),
-            "{what}: the error body is one line"
+            body.len() > 1 && body.ends_with('\n') && body.matches('\n').count() == 1,
+            "{what}: the error body is one line: {body:?}"
         );
-        assert!(started.elapsed() < PATIENCE, "{what}: took too long");
     }
 }
 

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -82,6 +80,13 @@ cookie = "aff"
     // A good reload, then a broken one (its errors are logged and returned).
     std::fs::write(&p.config_path, config("")).unwrap();
     p.signal(libc::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || async {
+            p.metric("waypost_config_generation").await >= Some(2.0)
+        })
+        .await,
+        "the good reload was applied"
+    );
     std::fs::write(&p.config_path, config("colour = \"red\"")).unwrap();
     let r = send(
         p.admin,
@@ -103,14 +108,14 @@ cookie = "aff"
     )
     .await;
     assert_eq!(r.status(), 401);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, status) = p.admin_get("/status").await;
-    let (_, metrics) = p.admin_get("/metrics").await;
-    let logs = format!("{}\n{}", p.stderr(), p.stdout_lines().join("\n"));
+    let logs = || format!("{}\n{}", p.stderr(), p.stdout_lines().join("\n"));
     assert!(
-        logs.contains("colour"),
+        eventually(PATIENCE, || async { logs().contains("colour") }).await,
         "the broken reload was logged (so logs are really checked)"
     );
+    let (_, status) = p.admin_get("/status").await;
+    let (_, metrics) = p.admin_get("/metrics").await;
+    let logs = logs();
     for (place, text) in [
         ("/status", &status),
         ("/metrics", &metrics),

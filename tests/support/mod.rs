@@ -23,6 +23,11 @@ pub use waypost::testbackend::{Mode, TestBackend};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_waypost");
 
+/// How long any test waits for something that should happen (a response, a close, a state
+/// change) before calling it a failure. Generous: the machine is shared and noisy; a test
+/// passes as soon as the thing happens, so this only bounds how long a failure takes.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
 /// A running waypost process.
 pub struct Proxy {
     child: Child,
@@ -235,6 +240,40 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Wait until the peer of `s` (a loopback socket: both ends are on this host) has read every
+/// byte `s` sent, as the kernel's receive queue of the peer's socket shows (/proc/net/tcp).
+/// Tells a test that a piece it wrote was read on its own before it writes the next one.
+pub async fn wait_read_by_peer(s: &TcpStream) {
+    let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    let read_all = eventually(PATIENCE, || async move {
+        // The peer's side is the line whose local port is `peer`'s and remote port ours; and
+        // our own send queue must be empty (everything delivered).
+        let table = std::fs::read_to_string(if local.is_ipv4() {
+            "/proc/net/tcp"
+        } else {
+            "/proc/net/tcp6"
+        })
+        .unwrap_or_default();
+        let queues = |from: u16, to: u16| {
+            table.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+                if port(f.get(1)?)? != from || port(f.get(2)?)? != to {
+                    return None;
+                }
+                let (tx, rx) = f.get(4)?.split_once(':')?;
+                Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+            })
+        };
+        matches!(
+            (queues(local.port(), peer.port()), queues(peer.port(), local.port())),
+            (Some((0, _)), Some((_, 0)))
+        )
+    })
+    .await;
+    assert!(read_all, "the peer of {local} did not read what was sent");
 }
 
 /// One HTTP/1.1 request on a new connection; the whole response body collected.
