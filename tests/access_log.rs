@@ -4,15 +4,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::Value;
 use support::*;
-
-const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -27,12 +24,6 @@ fn dead_addr() -> SocketAddr {
 /// One pool "web" of weighted backends, `[log]` as given.
 fn config(log: &str, backends: &[(SocketAddr, u32)], pool_extra: &str) -> String {
     weighted_config(backends, "", log, pool_extra)
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no outcome within {PATIENCE:?}"))
 }
 
 async fn request(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Bytes> {
@@ -274,13 +265,7 @@ async fn a_retried_request_is_flagged_retried() {
         assert_eq!(l["backend"], live.addr.to_string(), "the backend that answered: {l}");
         assert_eq!(flags(l), vec!["retried"], "a successful retry has no error word: {l}");
     }
-    let (_, metrics) = p.admin_get("/metrics").await;
-    let total: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("waypost_retries_total{") && l.contains("pool=\"web\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let total = p.metric_sum("waypost_retries_total", &[("pool", "web")]).await;
     assert_eq!(total, retried.len() as f64);
 }
 

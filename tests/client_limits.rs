@@ -15,8 +15,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const PATIENCE: Duration = Duration::from_secs(15);
-
 fn config(backend: SocketAddr, server: &str) -> String {
     weighted_config(&[(backend, 1)], server, "access = \"off\"", "")
 }

@@ -5,7 +5,6 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -13,8 +12,6 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const PATIENCE: Duration = Duration::from_secs(15);
 
 struct Dcs {
     eu: TestBackend,

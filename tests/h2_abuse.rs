@@ -4,15 +4,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::h2raw::{self, Conn};
 use support::*;
-
-const PATIENCE: Duration = Duration::from_secs(15);
 
 fn config(backend: SocketAddr, server: &str) -> String {
     weighted_config(&[(backend, 1)], server, "access = \"off\"", "")

@@ -18,8 +18,6 @@ use hyper_util::rt::TokioIo;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
 /// CLOCK_MONOTONIC in microseconds, read here (the clock sd_notify's MONOTONIC_USEC uses).
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -37,33 +35,14 @@ fn unix_now() -> f64 {
 
 /// Two pools ("a" and "b" backends) and a catch-all route to one of them; `extra` adds a route.
 fn two_pool_config(a: SocketAddr, b: SocketAddr, target: &str, extra: &str, listener: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "http"
-bind = "{listener}"
-
-[[pool]]
-name = "a"
-backends = [{{ address = "{a}" }}]
-
-[[pool]]
-name = "b"
-backends = [{{ address = "{b}" }}]
-
-[[route]]
-name = "main"
-path_prefix = "/"
-pool = "{target}"
-{extra}
-"#
-    )
+    Config::new()
+        .log("access = \"off\"")
+        .listener("http", listener, "")
+        .pool("a", &[a], "")
+        .pool("b", &[b], "")
+        .route("main", &format!("path_prefix = \"/\"\npool = \"{target}\""))
+        .route_extra(extra)
+        .build()
 }
 
 async fn post_reload(p: &Proxy) -> serde_json::Value {

@@ -4,14 +4,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use support::*;
-
-const PATIENCE: Duration = Duration::from_secs(15);
 
 struct Db {
     primary: TestBackend,

@@ -149,31 +149,16 @@ async fn h1_get(
 
 /// A config with a TLS listener "https" (its `[listener.tls]` body given) before one pool of `backend`.
 fn config(backend: SocketAddr, tls_table: &str, https_extra: &str, more_listeners: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:0"
-{https_extra}
-[listener.tls]
-{tls_table}
-{more_listeners}
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#
-    )
+    Config::new()
+        .log("access = \"off\"")
+        .listener(
+            "https",
+            "127.0.0.1:0",
+            &format!("{https_extra}\n[listener.tls]\n{tls_table}\n{more_listeners}"),
+        )
+        .pool("web", &[backend], "")
+        .route("all", "path_prefix = \"/\"\npool = \"web\"")
+        .build()
 }
 
 fn toml_path(p: &Path) -> String {

@@ -30,16 +30,6 @@ fn pool_tls(ca_file: &str) -> String {
     format!("tls = true\nca_file = \"{ca_file}\"")
 }
 
-/// Sum of the metric series named `name` whose labels include all of `labels`.
-async fn metric_sum(p: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (_, text) = p.admin_get("/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn backend_with_its_own_ca_is_reached_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,16 +83,16 @@ async fn backend_certificate_from_another_ca_is_refused_and_counted() {
     let r = get(p.addr(), "/").await;
     assert_eq!(r.status(), 502, "{:?}", r.body());
     assert_eq!(b.hits(), 0, "nothing reaches a backend that failed verification");
-    let errors = metric_sum(
-        &p,
-        "waypost_upstream_requests_total",
-        &[
-            ("pool", "web"),
-            ("backend", &b.addr.to_string()),
-            ("status_class", "error"),
-        ],
-    )
-    .await;
+    let errors = p
+        .metric_sum(
+            "waypost_upstream_requests_total",
+            &[
+                ("pool", "web"),
+                ("backend", &b.addr.to_string()),
+                ("status_class", "error"),
+            ],
+        )
+        .await;
     assert!(errors >= 1.0, "the refused attempt is counted, got {errors}");
 }
 

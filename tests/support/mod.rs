@@ -16,8 +16,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+pub mod config;
 pub mod h2raw;
 pub mod pki;
+
+pub use config::Config;
 
 pub use waypost::testbackend::{Mode, TestBackend};
 
@@ -26,7 +29,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_waypost");
 /// How long any test waits for something that should happen (a response, a close, a state
 /// change) before calling it a failure. Generous: the machine is shared and noisy; a test
 /// passes as soon as the thing happens, so this only bounds how long a failure takes.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `f`'s outcome, or a failure naming `what` when there is none within PATIENCE (instead of a
+/// test that hangs).
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no outcome within {PATIENCE:?}"))
+}
 
 /// A running waypost process.
 pub struct Proxy {
@@ -193,11 +204,43 @@ impl Proxy {
     /// The value of one metric series from /metrics (exact series text, e.g.
     /// `waypost_retries_total{pool="web"}`), or None if absent.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let (_, text) = self.admin_get("/metrics").await;
+        let text = self.metrics_text().await;
         text.lines()
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// The sum of every series of metric `name` that carries all of `labels` (in any order,
+    /// among others); 0 when there is none.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_text().await;
+        let mut sum = 0.0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (n, labelset) = match series.find('{') {
+                Some(i) => (&series[..i], series[i + 1..].trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                continue;
+            }
+            let have: Vec<&str> = labelset.split(',').collect();
+            if labels
+                .iter()
+                .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
+            {
+                sum += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+        sum
+    }
+
+    /// The /metrics page (within PATIENCE).
+    pub async fn metrics_text(&self) -> String {
+        within("GET /metrics", self.admin_get("/metrics")).await.1
     }
 }
 
@@ -339,43 +382,19 @@ pub fn echo(resp: &Response<Bytes>) -> serde_json::Value {
 
 /// A config with one listener and the admin API on port 0, one pool "web" of weighted
 /// `backends` and one catch-all route "all"; `server` and `log` are the bodies of those tables
-/// and `pool_extra` goes into the pool's.
+/// and `pool_extra` goes into the pool's. (`Config::weighted` with those parts.)
 pub fn weighted_config(backends: &[(SocketAddr, u32)], server: &str, log: &str, pool_extra: &str) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect();
-    format!(
-        r#"
-[server]
-{server}
-
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-{log}
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{}]
-{pool_extra}
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#,
-        list.join(", ")
-    )
+    Config::weighted(backends)
+        .server(server)
+        .log(log)
+        .pool_extra(pool_extra)
+        .build()
 }
 
 /// A minimal config: `weighted_config` with equal weights and the access log on stdout.
 pub fn simple_config(backends: &[SocketAddr], pool_extra: &str) -> String {
-    let weighted: Vec<(SocketAddr, u32)> = backends.iter().map(|a| (*a, 1)).collect();
-    weighted_config(&weighted, "", "access = \"stdout\"", pool_extra)
+    Config::proxy(backends)
+        .log("access = \"stdout\"")
+        .pool_extra(pool_extra)
+        .build()
 }
