@@ -15,12 +15,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// An address with nothing listening: bind port 0, note the address, close it.
-fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr")
-}
-
 /// One pool "web" of weighted backends, `[log]` as given.
 fn config(log: &str, backends: &[(SocketAddr, u32)], pool_extra: &str) -> String {
     weighted_config(backends, "", log, pool_extra)

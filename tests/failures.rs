@@ -21,12 +21,6 @@ use tokio::sync::watch;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// An address with nothing listening: bind port 0, note the address, close it.
-fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr")
-}
-
 /// One pool "web" of weighted backends; `server` goes into [server], `pool_extra` into the pool.
 fn config(backends: &[(SocketAddr, u32)], pool_extra: &str, server: &str) -> String {
     weighted_config(backends, server, "access = \"stdout\"", pool_extra)

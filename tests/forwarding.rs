@@ -7,7 +7,7 @@ mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,34 +191,6 @@ fn header_of(head: &str, name: &str) -> Option<String> {
     })
 }
 
-/// A backend that answers every request with these exact bytes and closes, recording each
-/// request head it received. For response fields the test backend cannot produce.
-async fn raw_backend(response: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                while find(&buf, b"\r\n\r\n").is_none() {
-                    match s.read(&mut tmp).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                seen.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
-                let _ = s.write_all(response).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (addr, heads)
-}
-
 fn hdr<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a str> {
     v["headers"][name].as_str()
 }
@@ -322,7 +294,7 @@ async fn transfer_encoding_is_redone_per_hop_not_copied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_fields_do_not_reach_the_client() {
-    let (backend, _) = raw_backend(
+    let raw = RawBackend::replying(
         b"HTTP/1.1 200 OK\r\n\
           Content-Length: 2\r\n\
           Connection: close, X-Resp-Hop\r\n\
@@ -335,8 +307,9 @@ async fn hop_by_hop_response_fields_do_not_reach_the_client() {
           X-End-To-End: kept\r\n\
           \r\nok",
     )
+    .start()
     .await;
-    let p = Proxy::start(&simple_config(&[backend], ""));
+    let p = Proxy::start(&simple_config(&[raw.addr], ""));
     let r = get(p.addr(), "/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(&r.body()[..], b"ok");

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::*;
-use tokio::io::AsyncReadExt;
 
 fn pool_config(backends: &[SocketAddr], pool_extra: &str) -> String {
     simple_config(backends, pool_extra)
@@ -363,31 +362,17 @@ queue_size = 1"#,
 
 /// A backend that accepts, reads a request, waits, then closes without answering: a failure
 /// that a GET may be retried after, and slow enough for retries to overlap.
-async fn slow_breaking_backend() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                drop(s);
-            });
-        }
-    });
-    addr
+async fn slow_breaking_backend() -> RawBackend {
+    RawBackend::replying(b"").wait(Duration::from_millis(400)).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_retries_when_every_backend_fails() {
-    let mut addrs = Vec::new();
+    let mut backends = Vec::new();
     for _ in 0..4 {
-        addrs.push(slow_breaking_backend().await);
+        backends.push(slow_breaking_backend().await);
     }
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let p = Arc::new(Proxy::start(&pool_config(
         &addrs,
         r#"retries = 1

@@ -19,8 +19,10 @@ use tokio::net::TcpStream;
 pub mod config;
 pub mod h2raw;
 pub mod pki;
+pub mod raw;
 
 pub use config::Config;
+pub use raw::{dead_addr, RawBackend};
 
 pub use waypost::testbackend::{Mode, TestBackend};
 
