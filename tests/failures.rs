@@ -5,17 +5,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -129,76 +125,11 @@ fn spawn_get(addr: SocketAddr, path: &str) -> tokio::task::JoinHandle<Result<Res
     tokio::spawn(async move { try_send(addr, req).await })
 }
 
-/// A backend that reads each request head, counts it, and answers 200 only once released: a
-/// request held in flight for exactly as long as the test needs.
-struct GatedBackend {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    release: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for GatedBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl GatedBackend {
-    async fn start() -> GatedBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (release, rx) = watch::channel(false);
-        let h = hits.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                conns.spawn(gated_conn(stream, h.clone(), rx.clone()));
-            }
-        });
-        GatedBackend {
-            addr,
-            hits,
-            release,
-            task,
-        }
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn release(&self) {
-        let _ = self.release.send(true);
-    }
-}
-
-/// Serve body-less requests on one connection: read the head, wait for the release, answer.
-async fn gated_conn(mut s: TcpStream, hits: Arc<AtomicUsize>, mut rx: watch::Receiver<bool>) {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
-        hits.fetch_add(1, Ordering::SeqCst);
-        if rx.wait_for(|r| *r).await.is_err() {
-            return;
-        }
-        let resp = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nreleased\n";
-        if s.write_all(resp).await.is_err() {
-            return;
-        }
-    }
+/// A test backend that holds every request (counted on arrival) until `release`.
+async fn gated_backend() -> TestBackend {
+    let b = TestBackend::start("gated").await.unwrap();
+    b.set_mode(Mode::Hold);
+    b
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -441,7 +372,7 @@ async fn an_idempotent_get_that_hit_a_reset_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let b = GatedBackend::start().await;
+    let b = gated_backend().await;
     let grace = Duration::from_secs(20);
     let mut p = Proxy::start(&config(&[(b.addr, 1)], "", "graceful_shutdown_timeout = \"20s\""));
     let addr = p.addr();
@@ -469,13 +400,13 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert!(!inflight.is_finished(), "the in-flight request was cut");
 
     let released = Instant::now();
-    b.release();
+    b.set_mode(Mode::Normal);
     let r = within("the in-flight request", inflight)
         .await
         .unwrap()
         .expect("the in-flight request failed during the drain");
     assert_eq!(r.status(), 200);
-    assert_eq!(&r.body()[..], b"released\n");
+    assert_eq!(echo(&r)["path"], "/long", "the whole answer, after the release");
     let code = p.wait_exit(grace);
     assert_eq!(
         code,
@@ -610,7 +541,7 @@ async fn admin_health_readiness_and_unknown_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_status_shows_generation_listeners_pools_and_in_flight() {
-    let gated = GatedBackend::start().await;
+    let gated = gated_backend().await;
     let p = Proxy::start(&config(&[(gated.addr, 1)], "", ""));
     let s = status_json(&p).await;
     assert_eq!(s["generation"], 1, "{s:#}");
@@ -641,7 +572,7 @@ async fn admin_status_shows_generation_listeners_pools_and_in_flight() {
     );
     let s = status_json(&p).await;
     assert_eq!(s["pools"][0]["backends"][0]["in_flight"], 2, "{s:#}");
-    gated.release();
+    gated.set_mode(Mode::Normal);
     for h in held {
         let r = within("held request", h).await.unwrap().expect("held request");
         assert_eq!(r.status(), 200);
