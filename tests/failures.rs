@@ -589,29 +589,10 @@ async fn admin_status_shows_generation_listeners_pools_and_in_flight() {
 
 /// A config routing everything to `backend`, with optional extra [admin] lines.
 fn reload_config(backend: SocketAddr, admin_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-{admin_extra}
-
-[log]
-access = "stdout"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#
-    )
+    Config::proxy(&[backend])
+        .admin(admin_extra)
+        .log("access = \"stdout\"")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,47 +13,19 @@ use http::Request;
 use http_body_util::Full;
 use support::*;
 
-fn backends_list(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn sticky_config(addrs: &[SocketAddr], secret: &std::path::Path, strict: bool, pool_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[session]
-secret_file = "{}"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{}]
-{pool_extra}
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pool = "web"
-[route.sticky]
-cookie = "affinity"
-max_age = "1h"
-strict = {strict}
-"#,
-        secret.display(),
-        backends_list(addrs)
-    )
+    Config::new()
+        .log("access = \"off\"")
+        .table(&format!("[session]\nsecret_file = \"{}\"", secret.display()))
+        .listener("http", "127.0.0.1:0", "")
+        .pool("web", addrs, pool_extra)
+        .route(
+            "app",
+            &format!(
+                "path_prefix = \"/\"\npool = \"web\"\n[route.sticky]\ncookie = \"affinity\"\nmax_age = \"1h\"\nstrict = {strict}"
+            ),
+        )
+        .build()
 }
 
 fn secret_file(dir: &tempfile::TempDir, name: &str, byte: u8) -> std::path::PathBuf {
@@ -218,39 +190,21 @@ async fn two_instances_with_one_key_honour_each_others_cookies() {
 
 fn hash_config(addrs: &[SocketAddr], extra_route: bool, factor: Option<f64>) -> String {
     let factor = factor.map(|f| format!("hash_balance_factor = {f}")).unwrap_or_default();
-    let extra = if extra_route {
-        "[[route]]\nname = \"other\"\npath = \"/other\"\npool = \"shards\"\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "shards"
-balance = "consistent_hash"
-hash_key = "header:x-user-id"
-{factor}
-response_timeout = "30s"
-backends = [{}]
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pool = "shards"
-{extra}
-"#,
-        backends_list(addrs)
-    )
+    let mut c = Config::new()
+        .log("access = \"off\"")
+        .listener("http", "127.0.0.1:0", "")
+        .pool(
+            "shards",
+            addrs,
+            &format!(
+                "balance = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\n{factor}\nresponse_timeout = \"30s\""
+            ),
+        )
+        .route("app", "path_prefix = \"/\"\npool = \"shards\"");
+    if extra_route {
+        c = c.route("other", "path = \"/other\"\npool = \"shards\"");
+    }
+    c.build()
 }
 
 async fn owner(addr: SocketAddr, key: &str) -> String {
@@ -306,11 +260,10 @@ async fn keys_stay_on_their_backend_across_requests_and_reloads_and_removal_move
             assert_eq!(before[k], "s4", "only keys of the removed backend may move ({k})");
         }
     }
-    assert!(
-        moved as f64 <= 0.25 * keys.len() as f64,
-        "{moved} of {} keys moved",
-        keys.len()
-    );
+    // Exactly the removed backend's keys moved (how many it had depends on where its random
+    // port put it on the ring: about a fifth).
+    let had = keys.iter().filter(|k| before[*k] == "s4").count();
+    assert_eq!(moved, had, "{moved} of {} keys moved; s4 had {had}", keys.len());
     // Requests without the key are spread round robin.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..12 {
