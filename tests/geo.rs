@@ -26,65 +26,20 @@ async fn dcs() -> Dcs {
 }
 
 fn config(d: &Dcs, listener_extra: &str, geo_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "stdout"
-
-[geo]
-trusted_proxies = ["127.0.3.0/24"]
-region_header = "x-client-region"
-{geo_extra}
-[geo.regions]
-eu = ["127.0.1.0/24", "2001:db8:1::/48"]
-na = ["127.0.2.0/24"]
-
-[[datacenter]]
-name = "eu-west"
-regions = ["eu"]
-failover = ["us-east"]
-
-[[datacenter]]
-name = "us-east"
-regions = ["na"]
-failover = ["eu-west"]
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-{listener_extra}
-
-[[pool]]
-name = "web-eu"
-datacenter = "eu-west"
-backends = [{{ address = "{eu}" }}]
-[pool.health]
-interval = "100ms"
-timeout = "200ms"
-rise = 1
-fall = 1
-
-[[pool]]
-name = "web-us"
-datacenter = "us-east"
-backends = [{{ address = "{us}" }}]
-[pool.health]
-interval = "100ms"
-timeout = "200ms"
-rise = 1
-fall = 1
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pools = ["web-eu", "web-us"]
-"#,
-        eu = d.eu.addr,
-        us = d.us.addr,
-    )
+    let health = "[pool.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1";
+    Config::new()
+        .log("access = \"stdout\"")
+        .table(&format!(
+            "[geo]\ntrusted_proxies = [\"127.0.3.0/24\"]\nregion_header = \"x-client-region\"\n{geo_extra}\n\
+             [geo.regions]\neu = [\"127.0.1.0/24\", \"2001:db8:1::/48\"]\nna = [\"127.0.2.0/24\"]"
+        ))
+        .table("[[datacenter]]\nname = \"eu-west\"\nregions = [\"eu\"]\nfailover = [\"us-east\"]")
+        .table("[[datacenter]]\nname = \"us-east\"\nregions = [\"na\"]\nfailover = [\"eu-west\"]")
+        .listener("http", "127.0.0.1:0", listener_extra)
+        .pool("web-eu", &[d.eu.addr], &format!("datacenter = \"eu-west\"\n{health}"))
+        .pool("web-us", &[d.us.addr], &format!("datacenter = \"us-east\"\n{health}"))
+        .route("app", "path_prefix = \"/\"\npools = [\"web-eu\", \"web-us\"]")
+        .build()
 }
 
 /// One GET from a client socket bound to `from` (another loopback address).
