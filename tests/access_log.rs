@@ -270,48 +270,16 @@ async fn failures_carry_their_error_word() {
     hang.set_mode(Mode::Hang);
     let reset = TestBackend::start("reset").await.unwrap();
     reset.set_mode(Mode::Reset);
-    let cfg = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "stdout"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "refused"
-backends = [{{ address = "{dead}" }}]
-
-[[pool]]
-name = "hanging"
-backends = [{{ address = "{}" }}]
-response_timeout = "300ms"
-
-[[pool]]
-name = "resetting"
-backends = [{{ address = "{}" }}]
-
-[[route]]
-name = "r-refused"
-path_prefix = "/refused"
-pool = "refused"
-
-[[route]]
-name = "r-hang"
-path_prefix = "/hang"
-pool = "hanging"
-
-[[route]]
-name = "r-reset"
-path_prefix = "/reset"
-pool = "resetting"
-"#,
-        hang.addr, reset.addr
-    );
+    let cfg = Config::new()
+        .log("access = \"stdout\"")
+        .listener("http", "127.0.0.1:0", "")
+        .pool("refused", &[dead], "")
+        .pool("hanging", &[hang.addr], "response_timeout = \"300ms\"")
+        .pool("resetting", &[reset.addr], "")
+        .route("r-refused", "path_prefix = \"/refused\"\npool = \"refused\"")
+        .route("r-hang", "path_prefix = \"/hang\"\npool = \"hanging\"")
+        .route("r-reset", "path_prefix = \"/reset\"\npool = \"resetting\"")
+        .build();
     let p = Proxy::start(&cfg);
     let cases = [
         (

@@ -406,38 +406,20 @@ async fn an_h2_clients_authority_reaches_an_http1_backend_as_host() {
 async fn strip_prefix_rewrites_only_its_route() {
     let api = TestBackend::start("api").await.unwrap();
     let web = TestBackend::start("web").await.unwrap();
-    let p = Proxy::start(&format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-[log]
-access = "off"
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-[[pool]]
-name = "api"
-backends = [{{ address = "{}" }}]
-[[pool]]
-name = "web"
-backends = [{{ address = "{}" }}]
-[[route]]
-name = "api"
-path_prefix = "/api/"
-strip_prefix = true
-pool = "api"
-[[route]]
-name = "legacy"
-path_prefix = "/legacy"
-strip_prefix = true
-pool = "api"
-[[route]]
-name = "web"
-path_prefix = "/"
-pool = "web"
-"#,
-        api.addr, web.addr
-    ));
+    let p = Proxy::start(
+        &Config::new()
+            .log("access = \"off\"")
+            .listener("http", "127.0.0.1:0", "")
+            .pool("api", &[api.addr], "")
+            .pool("web", &[web.addr], "")
+            .route("api", "path_prefix = \"/api/\"\nstrip_prefix = true\npool = \"api\"")
+            .route(
+                "legacy",
+                "path_prefix = \"/legacy\"\nstrip_prefix = true\npool = \"api\"",
+            )
+            .route("web", "path_prefix = \"/\"\npool = \"web\"")
+            .build(),
+    );
     let cases = [
         ("/api/users/7?x=1&y=2", "api", "/users/7", Some("x=1&y=2")),
         ("/api/", "api", "/", None),

@@ -182,34 +182,20 @@ fn grpc_config(dir: &Path, backend: SocketAddr, backend_ca: &str) -> (String, Ca
     let (cert, key) = front.issue(&["grpc.test"]);
     std::fs::write(dir.join("front.crt"), cert).unwrap();
     std::fs::write(dir.join("front.key"), key).unwrap();
-    let config = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:0"
-[listener.tls]
-certificates = [{{ cert = "{}", key = "{}" }}]
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-tls = true
-ca_file = "{backend_ca}"
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#,
-        dir.join("front.crt").display(),
-        dir.join("front.key").display(),
-    );
+    let config = Config::new()
+        .log("access = \"off\"")
+        .listener(
+            "https",
+            "127.0.0.1:0",
+            &format!(
+                "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+                dir.join("front.crt").display(),
+                dir.join("front.key").display()
+            ),
+        )
+        .pool("web", &[backend], &format!("tls = true\nca_file = \"{backend_ca}\""))
+        .route("all", "path_prefix = \"/\"\npool = \"web\"")
+        .build();
     (config, front)
 }
 
