@@ -30,47 +30,32 @@ async fn no_secret_appears_in_status_metrics_or_logs() {
         .collect();
     assert!(!key_lines.is_empty());
     let config = |extra_route: &str| {
-        format!(
-            r#"
-[admin]
-bind = "127.0.0.1:0"
-token_file = "{token_file}"
-
-[log]
-level = "debug"
-access = "stdout"
-
-[session]
-secret_file = "{session_file}"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:0"
-[listener.tls]
-certificates = [{{ cert = "{cert}", key = "{key}" }}]
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pool = "web"
-[route.sticky]
-cookie = "aff"
-{extra_route}
-"#,
-            token_file = dir.path().join("admin.token").display(),
-            session_file = dir.path().join("session.key").display(),
-            cert = cert.display(),
-            key = key.display(),
-            backend = backend.addr,
-        )
+        Config::new()
+            .admin(&format!(
+                "token_file = \"{}\"",
+                dir.path().join("admin.token").display()
+            ))
+            .log("level = \"debug\"\naccess = \"stdout\"")
+            .table(&format!(
+                "[session]\nsecret_file = \"{}\"",
+                dir.path().join("session.key").display()
+            ))
+            .listener("http", "127.0.0.1:0", "")
+            .listener(
+                "https",
+                "127.0.0.1:0",
+                &format!(
+                    "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+            .pool("web", &[backend.addr], "")
+            .route(
+                "app",
+                &format!("path_prefix = \"/\"\npool = \"web\"\n[route.sticky]\ncookie = \"aff\"\n{extra_route}"),
+            )
+            .build()
     };
     let p = Proxy::start(&config(""));
     for _ in 0..3 {
