@@ -159,10 +159,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn monotonic_clock_moves_forward() {
+    fn monotonic_clock_counts_microseconds_since_boot() {
+        let outer = crate::clock::now();
         let a = monotonic_usec();
+        std::thread::sleep(Duration::from_millis(20));
         let b = monotonic_usec();
-        assert!(a > 0 && b >= a);
+        let elapsed = outer.elapsed().as_micros() as u64;
+        // Microseconds: at least the 20 ms slept, at most what a clock around it saw.
+        assert!(b - a >= 20_000 && b - a <= elapsed, "{} us against {elapsed} us", b - a);
+        // The monotonic clock, not the wall clock: no further from zero than the time since boot.
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            b <= (uptime * 1e6) as u64 + 1_000_000,
+            "{b} us is more than the uptime {uptime} s"
+        );
     }
 
     #[test]

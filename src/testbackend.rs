@@ -6,7 +6,9 @@
 //! `x-test-echo: 1` (stream the request body back), `x-test-trailers: 1` (a chunked response
 //! with a trailer), `content-type: application/grpc` (trailers `grpc-status: 0` and
 //! `grpc-message`). `GET /bytes/N` streams N bytes. `Upgrade: websocket` gets a WebSocket echo.
-//! Whole-backend behaviour: [`TestBackend::set_mode`].
+//! Whole-backend behaviour: [`TestBackend::set_mode`]. What it saw, counted at the backend:
+//! [`TestBackend::hits`], [`TestBackend::in_flight`] and its peak, the methods received and
+//! the body bytes it sent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,14 +44,63 @@ pub enum Mode {
     Lag(Duration),
     /// Close the connection without answering.
     Reset,
+    /// Hold every request until the mode changes, then act on the new mode.
+    Hold,
 }
 
 struct Inner {
     name: String,
     hits: AtomicU64,
+    /// Requests being answered now (from arrival until the response head is ready), and the
+    /// most there ever were at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    /// Body bytes sent by `/bytes/N` responses.
+    sent: Arc<AtomicU64>,
+    /// The method of every request, in arrival order.
+    methods: Mutex<Vec<String>>,
     mode: Mutex<Mode>,
+    /// Wakes held requests when the mode changes.
+    mode_changed: tokio::sync::Notify,
     /// Added to every response (health checks included): e.g. a replica's lag or role.
     headers: Mutex<Vec<(http::HeaderName, HeaderValue)>>,
+}
+
+impl Inner {
+    fn new(name: &str) -> Inner {
+        Inner {
+            name: name.to_string(),
+            hits: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            sent: Arc::new(AtomicU64::new(0)),
+            methods: Mutex::new(Vec::new()),
+            mode: Mutex::new(Mode::Normal),
+            mode_changed: tokio::sync::Notify::new(),
+            headers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        self.mode.lock().map(|m| m.clone()).unwrap_or(Mode::Normal)
+    }
+}
+
+/// Counts one request in flight until dropped.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn enter(inner: &'a Inner) -> InFlight<'a> {
+        let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct TestBackend {
@@ -73,12 +124,7 @@ impl TestBackend {
     pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<TestBackend> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner {
-            name: name.to_string(),
-            hits: AtomicU64::new(0),
-            mode: Mutex::new(Mode::Normal),
-            headers: Mutex::new(Vec::new()),
-        });
+        let inner = Arc::new(Inner::new(name));
         let task = tokio::spawn(accept(listener, inner.clone(), None));
         Ok(TestBackend { addr, inner, task })
     }
@@ -106,12 +152,7 @@ impl TestBackend {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner {
-            name: name.to_string(),
-            hits: AtomicU64::new(0),
-            mode: Mutex::new(Mode::Normal),
-            headers: Mutex::new(Vec::new()),
-        });
+        let inner = Arc::new(Inner::new(name));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let task = tokio::spawn(accept(listener, inner.clone(), Some(acceptor)));
         Ok(TestBackend { addr, inner, task })
@@ -126,10 +167,31 @@ impl TestBackend {
         self.inner.hits.load(Ordering::Relaxed)
     }
 
+    /// Requests being answered right now (held or delayed ones included).
+    pub fn in_flight(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests this backend was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.inner.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes sent so far by `GET /bytes/N` responses (generated as the proxy reads them).
+    pub fn bytes_sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// The methods of the requests received, in arrival order.
+    pub fn methods(&self) -> Vec<String> {
+        self.inner.methods.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         if let Ok(mut m) = self.inner.mode.lock() {
             *m = mode;
         }
+        self.inner.mode_changed.notify_waiters();
     }
 
     /// Add `name: value` to every response from now on (replacing an earlier value).
@@ -197,9 +259,22 @@ async fn handle(req: Request<Incoming>, inner: Arc<Inner>) -> Result<Response<Bo
 
 async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Response<Body>, BoxError> {
     inner.hits.fetch_add(1, Ordering::Relaxed);
-    let mode = inner.mode.lock().map(|m| m.clone()).unwrap_or(Mode::Normal);
+    let _in_flight = InFlight::enter(&inner);
+    if let Ok(mut m) = inner.methods.lock() {
+        m.push(req.method().to_string());
+    }
+    let mode = loop {
+        let changed = inner.mode_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match inner.mode() {
+            Mode::Hold => changed.await,
+            m => break m,
+        }
+    };
     match mode {
-        Mode::Normal => {}
+        // Hold was waited out above.
+        Mode::Normal | Mode::Hold => {}
         Mode::Status(code) => {
             let mut r = Response::new(full(format!("backend {} failing with {code}\n", inner.name)));
             *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -233,7 +308,7 @@ async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respon
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<u64>().ok())
     {
-        return Ok(stream_bytes(n, status));
+        return Ok(stream_bytes(n, status, inner.sent.clone()));
     }
     if req.headers().get("x-test-echo").is_some() {
         let mut r = Response::new(req.into_body().map_err(BoxError::from).boxed());
@@ -314,16 +389,18 @@ async fn respond(mut req: Request<Incoming>, inner: Arc<Inner>) -> Result<Respon
 }
 
 /// N bytes of a repeating pattern, 64 KiB at a time, generated as it is read.
-fn stream_bytes(n: u64, status: StatusCode) -> Response<Body> {
+fn stream_bytes(n: u64, status: StatusCode, sent: Arc<AtomicU64>) -> Response<Body> {
     const CHUNK: usize = 64 * 1024;
     let chunk = Bytes::from(vec![b'w'; CHUNK]);
     let stream = futures_util::stream::unfold(n, move |left| {
         let chunk = chunk.clone();
+        let sent = sent.clone();
         async move {
             if left == 0 {
                 return None;
             }
             let take = left.min(CHUNK as u64) as usize;
+            sent.fetch_add(take as u64, Ordering::Relaxed);
             Some((Ok::<_, BoxError>(Frame::data(chunk.slice(..take))), left - take as u64))
         }
     });

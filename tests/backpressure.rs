@@ -41,6 +41,30 @@ fn watch_rss(pid: u32) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
     (stop, task)
 }
 
+/// Wait until the backend has stopped sending (its count of body bytes sent stays the same for
+/// 200 ms): the proxy no longer reads from it. Then check it sent at most `BOUND_KIB` more than
+/// the client has read: an unbounded proxy would have pulled the whole response by then.
+async fn backend_stalls(b: &TestBackend, client_got: u64, when: &str) {
+    let stalled = tokio::time::timeout(PATIENCE, async {
+        let mut last = b.bytes_sent();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = b.bytes_sent();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{when}: the backend never stopped sending ({} bytes)", b.bytes_sent()));
+    eprintln!("{when}: the backend stopped at {stalled} bytes, the client had read {client_got}");
+    assert!(
+        stalled - client_got < BOUND_KIB << 10,
+        "{when}: the backend sent {stalled} bytes, the client had read {client_got}: the proxy buffered the rest"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_http1_reader_holds_the_backend_back_instead_of_filling_memory() {
     let b = TestBackend::start("b").await.unwrap();
@@ -62,8 +86,8 @@ async fn a_slow_http1_reader_holds_the_backend_back_instead_of_filling_memory() 
     assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"));
     let mut got = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
-    // Not reading at all for a while: an unbounded proxy would pull the backend's 512 MiB now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not reading at all: an unbounded proxy would pull the backend's 512 MiB now.
+    backend_stalls(&b, got, "not reading").await;
     // Then a crawl: 32 MiB in 64 KiB reads with pauses.
     while got < 32 << 20 {
         let n = s.read(&mut buf).await.unwrap();
@@ -71,7 +95,7 @@ async fn a_slow_http1_reader_holds_the_backend_back_instead_of_filling_memory() 
         got += n as u64;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    backend_stalls(&b, got, "after the crawl").await;
     // Then the rest at full speed, to the exact end.
     while got < TOTAL {
         let n = s.read(&mut buf).await.unwrap();
@@ -112,8 +136,8 @@ async fn a_slow_h2_reader_holds_the_backend_back_instead_of_filling_memory() {
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     // Not reading: HTTP/2 flow control stops the proxy, which must stop reading the backend.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut got = 0u64;
+    backend_stalls(&b, got, "not reading").await;
     while let Some(frame) = body.frame().await {
         if let Some(d) = frame.unwrap().data_ref() {
             got += d.len() as u64;

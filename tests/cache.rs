@@ -14,7 +14,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::{eventually, send, Proxy};
+use support::{eventually, send, Config, Proxy, PATIENCE};
 use tokio::net::TcpListener;
 
 /// What the origin answers to one request.
@@ -23,6 +23,8 @@ struct Reply {
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
     delay: Duration,
+    /// Wait for a permit from this before answering (after `delay`): a reply the test holds.
+    hold: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Reply {
@@ -32,6 +34,7 @@ impl Reply {
             headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            hold: None,
         }
     }
 
@@ -44,6 +47,12 @@ impl Reply {
         self.delay = d;
         self
     }
+
+    /// Answer only once `gate` gives a permit (the test adds them to release held replies).
+    fn hold(mut self, gate: &Arc<tokio::sync::Semaphore>) -> Reply {
+        self.hold = Some(gate.clone());
+        self
+    }
 }
 
 type Script = Arc<dyn Fn(&http::request::Parts, u64) -> Reply + Send + Sync>;
@@ -53,9 +62,17 @@ type Script = Arc<dyn Fn(&http::request::Parts, u64) -> Reply + Send + Sync>;
 struct Origin {
     addr: SocketAddr,
     hits: Arc<Mutex<HashMap<String, u64>>>,
-    /// The request headers of every request, in arrival order.
-    seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+    /// Requests per path being answered right now (held or delayed), counted at the origin.
+    in_flight: Arc<Mutex<HashMap<String, u64>>>,
+    /// The method and headers of every request, in arrival order.
+    seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+struct Seen {
+    path: String,
+    method: http::Method,
+    headers: HeaderMap,
 }
 
 impl Origin {
@@ -67,18 +84,19 @@ impl Origin {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<(String, HeaderMap)>>> = Arc::default();
-        let (h, s) = (hits.clone(), seen.clone());
+        let in_flight: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (h, f, s) = (hits.clone(), in_flight.clone(), seen.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, s, script) = (h.clone(), s.clone(), script.clone());
+                let (h, f, s, script) = (h.clone(), f.clone(), s.clone(), script.clone());
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (h, s, script) = (h.clone(), s.clone(), script.clone());
+                        let (h, f, s, script) = (h.clone(), f.clone(), s.clone(), script.clone());
                         async move {
                             let (parts, _) = req.into_parts();
                             let pq = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
@@ -88,11 +106,20 @@ impl Origin {
                                 *e += 1;
                                 *e - 1
                             };
-                            s.lock().unwrap().push((pq, parts.headers.clone()));
+                            s.lock().unwrap().push(Seen {
+                                path: pq.clone(),
+                                method: parts.method.clone(),
+                                headers: parts.headers.clone(),
+                            });
                             let reply = script(&parts, n);
+                            *f.lock().unwrap().entry(pq.clone()).or_insert(0) += 1;
                             if !reply.delay.is_zero() {
                                 tokio::time::sleep(reply.delay).await;
                             }
+                            if let Some(gate) = &reply.hold {
+                                gate.acquire().await.unwrap().forget();
+                            }
+                            *f.lock().unwrap().get_mut(&pq).unwrap() -= 1;
                             let mut r = Response::new(Full::new(Bytes::from(reply.body)));
                             *r.status_mut() = StatusCode::from_u16(reply.status).unwrap();
                             for (k, v) in reply.headers {
@@ -107,20 +134,40 @@ impl Origin {
                 });
             }
         });
-        Origin { addr, hits, seen, task }
+        Origin {
+            addr,
+            hits,
+            in_flight,
+            seen,
+            task,
+        }
     }
 
     fn hits(&self, pq: &str) -> u64 {
         self.hits.lock().unwrap().get(pq).copied().unwrap_or(0)
     }
 
+    /// Requests for `pq` the origin is answering right now.
+    fn in_flight(&self, pq: &str) -> u64 {
+        self.in_flight.lock().unwrap().get(pq).copied().unwrap_or(0)
+    }
+
     /// The headers of the last request for `pq`.
     fn last_request(&self, pq: &str) -> HeaderMap {
+        self.last(pq, |s| s.headers.clone())
+    }
+
+    /// The method of the last request for `pq`.
+    fn last_method(&self, pq: &str) -> http::Method {
+        self.last(pq, |s| s.method.clone())
+    }
+
+    fn last<T>(&self, pq: &str, f: impl Fn(&Seen) -> T) -> T {
         let seen = self.seen.lock().unwrap();
         seen.iter()
             .rev()
-            .find(|(p, _)| p == pq)
-            .map(|(_, h)| h.clone())
+            .find(|s| s.path == pq)
+            .map(f)
             .expect("the origin saw that path")
     }
 
@@ -130,35 +177,16 @@ impl Origin {
 }
 
 fn config(origin: SocketAddr, cache: &str, route_cache: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "stdout"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[cache]
-{cache}
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{origin}" }}]
-response_timeout = "5s"
-
-[[route]]
-name = "site"
-path_prefix = "/"
-pool = "web"
-
-[route.cache]
-{route_cache}
-"#
-    )
+    Config::new()
+        .log("access = \"stdout\"")
+        .table(&format!("[cache]\n{cache}"))
+        .listener("http", "127.0.0.1:0", "")
+        .pool("web", &[origin], "response_timeout = \"5s\"")
+        .route(
+            "site",
+            &format!("path_prefix = \"/\"\npool = \"web\"\n\n[route.cache]\n{route_cache}"),
+        )
+        .build()
 }
 
 async fn req(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> Response<Bytes> {
@@ -187,14 +215,39 @@ fn ttl(r: &Response<Bytes>) -> i64 {
         .unwrap_or_else(|| panic!("no ttl in {s:?}"))
 }
 
-fn http_date(offset_secs: i64) -> String {
-    let t = std::time::SystemTime::now();
-    let t = if offset_secs >= 0 {
-        t + Duration::from_secs(offset_secs as u64)
-    } else {
-        t - Duration::from_secs((-offset_secs) as u64)
-    };
-    waypost::cache::rules::fmt_http_date(t)
+/// Seconds from now until `unix` (a literal date's time stamp).
+fn secs_until(unix: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    unix - now
+}
+
+/// Wait until the entry for `path` (as these request headers select it) is no longer fresh:
+/// `only-if-cached` gets 504 for a stale entry and never goes upstream (RFC 9111 §5.2.1.7).
+async fn wait_stale(p: &Proxy, path: &str, headers: &[(&str, &str)]) {
+    let mut h = headers.to_vec();
+    h.push(("cache-control", "only-if-cached"));
+    assert!(
+        eventually(PATIENCE, || async { req(p, path, &h).await.status() == 504 }).await,
+        "{path} never went stale"
+    );
+}
+
+/// Wait until the entry for `path` has been stale for a whole second, so that Cache-Status
+/// shows a negative ttl (it counts whole seconds). Looks with `only-if-cached, max-stale`,
+/// which serves the stale entry without going upstream (counted as a stale answer).
+async fn wait_stale_by_a_second(p: &Proxy, path: &str) {
+    let h = [("cache-control", "only-if-cached, max-stale=3600")];
+    assert!(
+        eventually(PATIENCE, || async {
+            let r = req(p, path, &h).await;
+            r.status() == 200 && ttl(&r) < 0
+        })
+        .await,
+        "{path} never went stale"
+    );
 }
 
 #[tokio::test]
@@ -226,12 +279,13 @@ async fn what_is_stored_and_for_how_long() {
             true,
             (28, 30),
         ),
+        // A literal date (the origin's server adds Date: now): 2040-01-01T00:00:00Z.
         row(
             "expires against date",
             200,
-            &[("date", http_date(0)), ("expires", http_date(120))],
+            &[("expires", s("Sun, 01 Jan 2040 00:00:00 GMT"))],
             true,
-            (117, 120),
+            (secs_until(2_208_988_800) - 30, secs_until(2_208_988_800)),
         ),
         row(
             "age from upstream counts",
@@ -314,6 +368,7 @@ async fn what_is_stored_and_for_how_long() {
             headers: headers.clone(),
             body: format!("row {i}").into_bytes(),
             delay: Duration::ZERO,
+            hold: None,
         }
     })
     .await;
@@ -388,12 +443,19 @@ async fn request_directives_decide_what_is_served() {
     let r = req(&p, "/a", &[("cache-control", "min-fresh=1000")]).await;
     assert_eq!(r.body(), "version 2");
     // max-age=0 from the client on an entry that has some age: forwarded.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        eventually(PATIENCE, || async {
+            let r = req(&p, "/a", &[("cache-control", "only-if-cached")]).await;
+            header(&r, "age").parse::<u64>().unwrap_or(0) >= 1
+        })
+        .await,
+        "the entry never aged"
+    );
     let r = req(&p, "/a", &[("cache-control", "max-age=0")]).await;
     assert_eq!(r.body(), "version 3");
     // max-stale accepts a stale entry.
     assert_eq!(req(&p, "/short", &[]).await.body(), "version 0");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    wait_stale_by_a_second(&p, "/short").await;
     let r = req(&p, "/short", &[("cache-control", "max-stale=60")]).await;
     assert_eq!(r.body(), "version 0", "stale but accepted");
     assert!(ttl(&r) < 0, "served stale: {}", cache_status(&r));
@@ -451,7 +513,7 @@ async fn revalidation_both_ways() {
     assert_eq!(origin.hits("/doc"), 1);
     // Stale: revalidated upstream with the stored validators; the 304 refreshes the stored
     // headers and the client gets the full stored body.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    wait_stale(&p, "/doc", &[]).await;
     let r = req(&p, "/doc", &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.body(), "the body");
@@ -471,7 +533,7 @@ async fn revalidation_both_ways() {
     assert_eq!(header(&r, "x-refreshed"), "1");
     assert_eq!(origin.hits("/doc"), 2);
     // A stale entry revalidated for a conditional client: 304 straight to it.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    wait_stale(&p, "/doc", &[]).await;
     let r = req(&p, "/doc", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(r.status(), 304);
     assert_eq!(origin.hits("/doc"), 3);
@@ -530,11 +592,18 @@ async fn vary_keeps_one_variant_per_request_header_combination() {
 
 #[tokio::test]
 async fn concurrent_cold_requests_make_one_origin_request() {
-    let origin = Origin::start(|parts, n| match parts.uri.path() {
+    // The waiters behind the first /nostore request are held at the origin until the test
+    // releases them.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let origin = Origin::start(move |parts, n| match parts.uri.path() {
         "/slow" => {
             Reply::ok(&[("cache-control", "max-age=60")], &format!("made {n}")).delay(Duration::from_millis(400))
         }
-        _ => Reply::ok(&[("cache-control", "no-store")], &format!("private {n}")).delay(Duration::from_millis(400)),
+        _ if n == 0 => {
+            Reply::ok(&[("cache-control", "no-store")], &format!("private {n}")).delay(Duration::from_millis(400))
+        }
+        _ => Reply::ok(&[("cache-control", "no-store")], &format!("private {n}")).hold(&g),
     })
     .await;
     let p = Proxy::start(&config(origin.addr, "", ""));
@@ -569,9 +638,9 @@ async fn concurrent_cold_requests_make_one_origin_request() {
     );
     assert!(collapsed >= 90, "most waited for the first: {collapsed}");
 
-    // An uncacheable URL: the waiters go upstream as soon as the first response says so, so 20
-    // requests take about two origin round trips, not twenty.
-    let started = std::time::Instant::now();
+    // An uncacheable URL: the waiters go upstream together as soon as the first response says
+    // so, not one after another: the other 19 are all at the origin at once (where they are
+    // held until the test lets them go).
     let mut tasks = Vec::new();
     for _ in 0..20 {
         tasks.push(tokio::spawn(async move {
@@ -586,16 +655,19 @@ async fn concurrent_cold_requests_make_one_origin_request() {
             .status()
         }));
     }
+    let together = eventually(PATIENCE, || async { origin.in_flight("/nostore") == 19 }).await;
+    assert!(
+        together,
+        "uncacheable requests were serialised: at most {} at the origin at once",
+        origin.in_flight("/nostore")
+    );
+    gate.add_permits(19);
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(origin.hits("/nostore"), 20);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "uncacheable requests were serialised: {:?}",
-        started.elapsed()
-    );
     // And from then on they skip the wait entirely (a pass marker).
+    gate.add_permits(1);
     let r = req(&p, "/nostore", &[]).await;
     assert!(cache_status(&r).contains("fwd=miss"), "{}", cache_status(&r));
     origin.stop();
@@ -720,32 +792,42 @@ async fn purge_by_url_prefix_tag_and_all() {
 
 #[tokio::test]
 async fn stale_while_revalidate_refreshes_once_in_the_background() {
-    let origin = Origin::start(|_, n| {
-        Reply::ok(
+    // The refresh is held at the origin until the test lets it go.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let origin = Origin::start(move |_, n| {
+        let r = Reply::ok(
             &[("cache-control", "max-age=1, stale-while-revalidate=60")],
             &format!("gen {n}"),
-        )
-        .delay(Duration::from_millis(300))
+        );
+        if n == 0 {
+            r
+        } else {
+            r.hold(&g)
+        }
     })
     .await;
     let p = Proxy::start(&config(origin.addr, "", ""));
     assert_eq!(req(&p, "/page", &[]).await.body(), "gen 0");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    // Stale now: 20 concurrent requests are all answered at once from the stale entry, and the
-    // origin sees one refresh.
+    wait_stale_by_a_second(&p, "/page").await;
+    // Stale now: 20 concurrent requests are all answered from the stale entry while the one
+    // refresh they cause is still held at the origin.
     let addr = p.addr();
-    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..20 {
         tasks.push(tokio::spawn(async move {
-            let r = send(
-                addr,
-                Request::get("/page")
-                    .header("host", "cache.test")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
+            let r = tokio::time::timeout(
+                PATIENCE,
+                send(
+                    addr,
+                    Request::get("/page")
+                        .header("host", "cache.test")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                ),
             )
-            .await;
+            .await
+            .expect("a stale answer waited for the (held) refresh");
             (r.body().clone(), cache_status(&r).to_string())
         }));
     }
@@ -754,17 +836,11 @@ async fn stale_while_revalidate_refreshes_once_in_the_background() {
         assert_eq!(body, "gen 0");
         assert!(cs.starts_with("waypost; hit; ttl=-"), "{cs}");
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "stale answers did not wait for the origin"
-    );
-    assert!(eventually(Duration::from_secs(5), || async { origin.hits("/page") == 2 }).await);
-    let fresh = eventually(Duration::from_secs(5), || async {
-        req(&p, "/page", &[]).await.body() == "gen 1"
-    })
-    .await;
+    assert!(eventually(PATIENCE, || async { origin.in_flight("/page") == 1 }).await);
+    assert_eq!(origin.hits("/page"), 2, "one refresh for 20 stale answers");
+    gate.add_permits(100);
+    let fresh = eventually(PATIENCE, || async { req(&p, "/page", &[]).await.body() == "gen 1" }).await;
     assert!(fresh, "the refreshed response replaced the stale one");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(origin.hits("/page"), 2, "refreshed exactly once");
     origin.stop();
 }
@@ -784,7 +860,10 @@ async fn stale_if_error_serves_stale_when_the_origin_is_down() {
     req(&p, "/other", &[]).await;
     req(&q, "/route-default", &[]).await;
     origin.stop();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for path in ["/fails", "/other"] {
+        wait_stale(&p, path, &[]).await;
+    }
+    wait_stale(&q, "/route-default", &[]).await;
     // The origin is gone: the response's stale-if-error keeps serving.
     let r = req(&p, "/fails", &[]).await;
     assert_eq!(r.status(), 200);
@@ -912,6 +991,14 @@ async fn head_and_ranges_are_answered_from_a_stored_get() {
     )
     .await;
     assert_eq!(head.status(), 200);
+    assert!(head.body().is_empty());
+    assert_eq!(origin.hits("/h"), 1);
+    assert_eq!(origin.last_method("/h"), http::Method::HEAD, "sent upstream as HEAD");
+    assert_eq!(
+        origin.last_method("/f"),
+        http::Method::GET,
+        "the stored GET was fetched as GET"
+    );
     origin.stop();
 }
 
@@ -923,6 +1010,7 @@ async fn set_cookie_is_never_served_from_cache_and_large_objects_stream_through(
             headers: vec![("cache-control", "max-age=60".into())],
             body: vec![b'x'; 3 << 20],
             delay: Duration::ZERO,
+            hold: None,
         },
         _ => Reply::ok(
             &[
@@ -958,6 +1046,10 @@ async fn set_cookie_is_never_served_from_cache_and_large_objects_stream_through(
     origin.stop();
 }
 
+/// Memory a process may gain over its baseline without holding any more responses: allocator
+/// arenas and fragmentation.
+const RSS_SLACK_KIB: u64 = 8 << 10;
+
 #[tokio::test]
 async fn memory_stays_bounded_under_a_flood_of_distinct_urls() {
     let origin = Origin::start(|_, _| Reply {
@@ -965,6 +1057,7 @@ async fn memory_stays_bounded_under_a_flood_of_distinct_urls() {
         headers: vec![("cache-control", "max-age=600".into())],
         body: vec![b'y'; 64 << 10],
         delay: Duration::ZERO,
+        hold: None,
     })
     .await;
     let p = Proxy::start(&config(
@@ -973,39 +1066,58 @@ async fn memory_stays_bounded_under_a_flood_of_distinct_urls() {
         "",
     ));
     let addr = p.addr();
-    let before = p.rss_kib();
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        tasks.push(tokio::spawn(async move {
-            for i in 0..250 {
-                let r = send(
-                    addr,
-                    Request::get(format!("/flood/{w}/{i}"))
-                        .header("host", "cache.test")
-                        .body(Full::new(Bytes::new()))
-                        .unwrap(),
-                )
-                .await;
-                assert_eq!(r.body().len(), 64 << 10);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    // 1000 responses of 64 KiB went through: 62.5 MiB, against a 2 MiB cache.
+    // 4 clients at once, each asking for `per` distinct URLs under `prefix`.
+    let flood = |prefix: &'static str, per: usize| async move {
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    let r = send(
+                        addr,
+                        Request::get(format!("/{prefix}/{w}/{i}"))
+                            .header("host", "cache.test")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                    .await;
+                    assert_eq!(r.body().len(), 64 << 10);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    // The baseline: the same traffic already filled the cache (and the buffers and allocator
+    // arenas four clients use) once.
+    flood("warm", 50).await;
+    let baseline = p.rss_kib();
+    // 1000 responses of 64 KiB go through: 62.5 MiB, against a 2 MiB cache.
+    flood("flood", 250).await;
     let bytes = p.metric("waypost_cache_bytes").await.unwrap();
     let entries = p.metric("waypost_cache_entries").await.unwrap();
     assert!(bytes <= (2 << 20) as f64, "cache holds {bytes} bytes");
     assert!(entries > 0.0 && entries < 40.0, "{entries} entries");
-    let grown = p.rss_kib().saturating_sub(before);
-    assert!(grown < 64 << 10, "RSS grew by {grown} KiB");
+    let grown = p.rss_kib().saturating_sub(baseline);
+    eprintln!("rss baseline {baseline} KiB, grown by {grown} KiB");
+    // What the store may hold (2 MiB) plus room for allocator noise: far below the 62.5 MiB a
+    // cache that kept every response would add.
+    assert!(
+        grown < RSS_SLACK_KIB + (2 << 10),
+        "RSS grew by {grown} KiB over the baseline"
+    );
     origin.stop();
 }
 
 #[tokio::test]
 async fn cache_config_is_checked() {
-    let dir = tempfile::tempdir().unwrap();
+    // In-process, through what `waypost check` runs: the problems, each as it prints them.
+    let problems = |toml: &str| -> Vec<String> {
+        match waypost::config::parse(toml, None) {
+            Ok(_) => Vec::new(),
+            Err(ps) => ps.iter().map(|p| p.to_string()).collect(),
+        }
+    };
     let cases = [
         ("[cache]\nmax_size = \"lots\"", "cache.max_size", "invalid size"),
         ("[cache]\nmax_size = \"512KiB\"", "cache.max_size", "at least 1MiB"),
@@ -1017,24 +1129,17 @@ async fn cache_config_is_checked() {
         ("[cache]\nsize = 1", "cache.size", "unknown key"),
     ];
     for (cache, key, msg) in cases {
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            config(
-                "127.0.0.1:9".parse().unwrap(),
-                cache.trim_start_matches("[cache]\n"),
-                "",
-            ),
-        )
-        .unwrap();
-        let out = std::process::Command::new(support::BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{cache}");
-        assert!(err.contains(key) && err.contains(msg), "{cache}: {err}");
+        let found = problems(&config(
+            "127.0.0.1:9".parse().unwrap(),
+            cache.trim_start_matches("[cache]\n"),
+            "",
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with(&format!("{key}: ")) && p.contains(msg)),
+            "{cache}: {found:?}"
+        );
     }
     let route_cases = [
         ("default_ttl = \"soon\"", "route[0].cache.default_ttl"),
@@ -1044,16 +1149,11 @@ async fn cache_config_is_checked() {
         ("colour = \"red\"", "route[0].cache.colour"),
     ];
     for (rc, key) in route_cases {
-        let path = dir.path().join("r.toml");
-        std::fs::write(&path, config("127.0.0.1:9".parse().unwrap(), "", rc)).unwrap();
-        let out = std::process::Command::new(support::BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{rc}");
-        assert!(err.contains(key), "{rc}: {err}");
+        let found = problems(&config("127.0.0.1:9".parse().unwrap(), "", rc));
+        assert!(
+            found.iter().any(|p| p.starts_with(&format!("{key}: "))),
+            "{rc}: {found:?}"
+        );
     }
 }
 
@@ -1074,18 +1174,13 @@ async fn route_defaults_for_stale_serving_and_http2_clients() {
     assert!(cache_status(&hit).starts_with("waypost; hit"), "{}", cache_status(&hit));
     // An HTTP/1.1 client shares the entry (same host and path).
     assert!(cache_status(&req(&p, "/d", &[]).await).starts_with("waypost; hit"));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    wait_stale_by_a_second(&p, "/d").await;
     // The response has no stale-while-revalidate: the route's default serves it stale and
     // refreshes it in the background.
     let stale = h2("/d").await;
     assert_eq!(stale.body(), "gen 0");
     assert!(ttl(&stale) < 0, "{}", cache_status(&stale));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            req(&p, "/d", &[]).await.body() == "gen 1"
-        })
-        .await
-    );
+    assert!(eventually(PATIENCE, || async { req(&p, "/d", &[]).await.body() == "gen 1" }).await);
     assert_eq!(origin.hits("/d"), 2);
     origin.stop();
 }

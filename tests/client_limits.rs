@@ -15,8 +15,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const PATIENCE: Duration = Duration::from_secs(15);
-
 fn config(backend: SocketAddr, server: &str) -> String {
     weighted_config(&[(backend, 1)], server, "access = \"off\"", "")
 }
@@ -135,7 +133,11 @@ async fn the_head_timer_runs_while_a_head_arrives_not_while_the_connection_is_id
     s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut s).await.0, "HTTP/1.1 200 OK");
     // Idle between requests for longer than the head timeout: that is idle_timeout's business.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A head timer started now, on another connection, running out shows that long has passed.
+    let mut control = TcpStream::connect(p.addr()).await.unwrap();
+    control.write_all(b"GET /c HTTP/1.1\r\nHo").await.unwrap();
+    let timed_out = read_to_close(&mut control).await;
+    assert_eq!(status_line(&timed_out), "HTTP/1.1 408 Request Timeout", "{timed_out:?}");
     s.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut s).await.0, "HTTP/1.1 200 OK");
     // The next head starts and stalls: 408 on the same connection.
@@ -149,13 +151,21 @@ async fn the_head_timer_runs_while_a_head_arrives_not_while_the_connection_is_id
 async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
     let b = TestBackend::start("b").await.unwrap();
     let p = Proxy::start(&config(b.addr, "idle_timeout = \"500ms\""));
-    // HTTP/1.1: after a response, silence; the proxy closes without a word.
+    // HTTP/1.1: after a response, silence; the proxy closes without a word, once the
+    // connection has been idle for idle_timeout (and not before: the default is 60 s, longer
+    // than PATIENCE, and a close right after the response would come too early).
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    let asked = Instant::now();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut s).await.0, "HTTP/1.1 200 OK");
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle connection was closed");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(500),
+        "closed {:?} after the request, before idle_timeout (500ms) ran out",
+        asked.elapsed()
+    );
     assert!(
         rest.is_empty(),
         "closed without an answer: {:?}",
@@ -291,7 +301,7 @@ async fn streamed_bodies_over_max_body_bytes_are_cut_off_never_passed_on_as_comp
         .await
         .unwrap();
     // The second chunk passes the limit; the last chunk would end the body.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_read_by_peer(&s).await;
     let _ = s.write_all(format!("{chunk}{chunk}0\r\n\r\n").as_bytes()).await;
     let (line, body) = read_response(&mut s).await;
     assert!(line.starts_with("HTTP/1.1 413 "), "{line}");

@@ -97,32 +97,15 @@ async fn backends(p: &Proxy) -> Vec<String> {
 }
 
 fn config(dns: SocketAddr, backend: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[dns]
-servers = ["{dns}"]
-min_ttl = "100ms"
-max_ttl = "2s"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-
-[[route]]
-name = "all"
-pool = "web"
-"#
-    )
+    Config::new()
+        .log("access = \"off\"")
+        .table(&format!(
+            "[dns]\nservers = [\"{dns}\"]\nmin_ttl = \"100ms\"\nmax_ttl = \"2s\""
+        ))
+        .listener("http", "127.0.0.1:0", "")
+        .pool_addresses("web", &[backend], "")
+        .route("all", "pool = \"web\"")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

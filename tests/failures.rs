@@ -5,41 +5,21 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-/// Generous bound for anything that must happen "soon": only a hang should ever reach it.
-const PATIENCE: Duration = Duration::from_secs(30);
+use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// An address with nothing listening: bind port 0, note the address, close it.
-fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr")
-}
-
 /// One pool "web" of weighted backends; `server` goes into [server], `pool_extra` into the pool.
 fn config(backends: &[(SocketAddr, u32)], pool_extra: &str, server: &str) -> String {
     weighted_config(backends, server, "access = \"stdout\"", pool_extra)
-}
-
-/// Fail the test instead of hanging when the proxy never answers.
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no outcome within {PATIENCE:?}"))
 }
 
 async fn get_req(addr: SocketAddr, path: &str) -> Response<Bytes> {
@@ -80,41 +60,13 @@ async fn status_json(p: &Proxy) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
 }
 
-/// The sum of every series of metric `name` carrying all of `labels` (label order ignored);
-/// 0 when there is none.
-async fn metric_sum(p: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (_, text) = within("GET /metrics", p.admin_get("/metrics")).await;
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, labelset) = match series.find('{') {
-            Some(i) => (&series[..i], series[i + 1..].trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let have: Vec<&str> = labelset.split(',').collect();
-        if labels
-            .iter()
-            .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
-        {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
-}
-
 async fn retries(p: &Proxy) -> f64 {
-    metric_sum(p, "waypost_retries_total", &[("pool", "web")]).await
+    p.metric_sum("waypost_retries_total", &[("pool", "web")]).await
 }
 
 /// Upstream attempts on `backend` that ended with no response at all.
 async fn upstream_errors(p: &Proxy, backend: SocketAddr) -> f64 {
-    metric_sum(
-        p,
+    p.metric_sum(
         "waypost_upstream_requests_total",
         &[
             ("pool", "web"),
@@ -173,76 +125,11 @@ fn spawn_get(addr: SocketAddr, path: &str) -> tokio::task::JoinHandle<Result<Res
     tokio::spawn(async move { try_send(addr, req).await })
 }
 
-/// A backend that reads each request head, counts it, and answers 200 only once released: a
-/// request held in flight for exactly as long as the test needs.
-struct GatedBackend {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    release: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for GatedBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl GatedBackend {
-    async fn start() -> GatedBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (release, rx) = watch::channel(false);
-        let h = hits.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                conns.spawn(gated_conn(stream, h.clone(), rx.clone()));
-            }
-        });
-        GatedBackend {
-            addr,
-            hits,
-            release,
-            task,
-        }
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn release(&self) {
-        let _ = self.release.send(true);
-    }
-}
-
-/// Serve body-less requests on one connection: read the head, wait for the release, answer.
-async fn gated_conn(mut s: TcpStream, hits: Arc<AtomicUsize>, mut rx: watch::Receiver<bool>) {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
-        hits.fetch_add(1, Ordering::SeqCst);
-        if rx.wait_for(|r| *r).await.is_err() {
-            return;
-        }
-        let resp = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nreleased\n";
-        if s.write_all(resp).await.is_err() {
-            return;
-        }
-    }
+/// A test backend that holds every request (counted on arrival) until `release`.
+async fn gated_backend() -> TestBackend {
+    let b = TestBackend::start("gated").await.unwrap();
+    b.set_mode(Mode::Hold);
+    b
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,7 +372,7 @@ async fn an_idempotent_get_that_hit_a_reset_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let b = GatedBackend::start().await;
+    let b = gated_backend().await;
     let grace = Duration::from_secs(20);
     let mut p = Proxy::start(&config(&[(b.addr, 1)], "", "graceful_shutdown_timeout = \"20s\""));
     let addr = p.addr();
@@ -513,13 +400,13 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert!(!inflight.is_finished(), "the in-flight request was cut");
 
     let released = Instant::now();
-    b.release();
+    b.set_mode(Mode::Normal);
     let r = within("the in-flight request", inflight)
         .await
         .unwrap()
         .expect("the in-flight request failed during the drain");
     assert_eq!(r.status(), 200);
-    assert_eq!(&r.body()[..], b"released\n");
+    assert_eq!(echo(&r)["path"], "/long", "the whole answer, after the release");
     let code = p.wait_exit(grace);
     assert_eq!(
         code,
@@ -654,7 +541,7 @@ async fn admin_health_readiness_and_unknown_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_status_shows_generation_listeners_pools_and_in_flight() {
-    let gated = GatedBackend::start().await;
+    let gated = gated_backend().await;
     let p = Proxy::start(&config(&[(gated.addr, 1)], "", ""));
     let s = status_json(&p).await;
     assert_eq!(s["generation"], 1, "{s:#}");
@@ -685,7 +572,7 @@ async fn admin_status_shows_generation_listeners_pools_and_in_flight() {
     );
     let s = status_json(&p).await;
     assert_eq!(s["pools"][0]["backends"][0]["in_flight"], 2, "{s:#}");
-    gated.release();
+    gated.set_mode(Mode::Normal);
     for h in held {
         let r = within("held request", h).await.unwrap().expect("held request");
         assert_eq!(r.status(), 200);
@@ -702,29 +589,10 @@ async fn admin_status_shows_generation_listeners_pools_and_in_flight() {
 
 /// A config routing everything to `backend`, with optional extra [admin] lines.
 fn reload_config(backend: SocketAddr, admin_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-{admin_extra}
-
-[log]
-access = "stdout"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#
-    )
+    Config::proxy(&[backend])
+        .admin(admin_extra)
+        .log("access = \"stdout\"")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,9 +617,10 @@ async fn post_reload_swaps_routing_and_bumps_the_generation() {
     let s = status_json(&p).await;
     assert_eq!(s["generation"], 2, "{s:#}");
     assert_eq!(s["pools"][0]["backends"][0]["address"], two.addr.to_string());
-    assert_eq!(metric_sum(&p, "waypost_config_generation", &[]).await, 2.0);
+    assert_eq!(p.metric_sum("waypost_config_generation", &[]).await, 2.0);
     assert_eq!(
-        metric_sum(&p, "waypost_config_reloads_total", &[("result", "success")]).await,
+        p.metric_sum("waypost_config_reloads_total", &[("result", "success")])
+            .await,
         1.0
     );
 }
@@ -792,7 +661,8 @@ async fn post_reload_with_a_broken_file_keeps_the_old_routing() {
     let s = status_json(&p).await;
     assert_eq!(s["generation"], 1, "{s:#}");
     assert_eq!(
-        metric_sum(&p, "waypost_config_reloads_total", &[("result", "failure")]).await,
+        p.metric_sum("waypost_config_reloads_total", &[("result", "failure")])
+            .await,
         1.0
     );
 }

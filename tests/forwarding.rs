@@ -7,7 +7,7 @@ mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,34 +191,6 @@ fn header_of(head: &str, name: &str) -> Option<String> {
     })
 }
 
-/// A backend that answers every request with these exact bytes and closes, recording each
-/// request head it received. For response fields the test backend cannot produce.
-async fn raw_backend(response: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                while find(&buf, b"\r\n\r\n").is_none() {
-                    match s.read(&mut tmp).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                seen.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
-                let _ = s.write_all(response).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (addr, heads)
-}
-
 fn hdr<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a str> {
     v["headers"][name].as_str()
 }
@@ -322,7 +294,7 @@ async fn transfer_encoding_is_redone_per_hop_not_copied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_fields_do_not_reach_the_client() {
-    let (backend, _) = raw_backend(
+    let raw = RawBackend::replying(
         b"HTTP/1.1 200 OK\r\n\
           Content-Length: 2\r\n\
           Connection: close, X-Resp-Hop\r\n\
@@ -335,8 +307,9 @@ async fn hop_by_hop_response_fields_do_not_reach_the_client() {
           X-End-To-End: kept\r\n\
           \r\nok",
     )
+    .start()
     .await;
-    let p = Proxy::start(&simple_config(&[backend], ""));
+    let p = Proxy::start(&simple_config(&[raw.addr], ""));
     let r = get(p.addr(), "/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(&r.body()[..], b"ok");
@@ -433,38 +406,20 @@ async fn an_h2_clients_authority_reaches_an_http1_backend_as_host() {
 async fn strip_prefix_rewrites_only_its_route() {
     let api = TestBackend::start("api").await.unwrap();
     let web = TestBackend::start("web").await.unwrap();
-    let p = Proxy::start(&format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-[log]
-access = "off"
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-[[pool]]
-name = "api"
-backends = [{{ address = "{}" }}]
-[[pool]]
-name = "web"
-backends = [{{ address = "{}" }}]
-[[route]]
-name = "api"
-path_prefix = "/api/"
-strip_prefix = true
-pool = "api"
-[[route]]
-name = "legacy"
-path_prefix = "/legacy"
-strip_prefix = true
-pool = "api"
-[[route]]
-name = "web"
-path_prefix = "/"
-pool = "web"
-"#,
-        api.addr, web.addr
-    ));
+    let p = Proxy::start(
+        &Config::new()
+            .log("access = \"off\"")
+            .listener("http", "127.0.0.1:0", "")
+            .pool("api", &[api.addr], "")
+            .pool("web", &[web.addr], "")
+            .route("api", "path_prefix = \"/api/\"\nstrip_prefix = true\npool = \"api\"")
+            .route(
+                "legacy",
+                "path_prefix = \"/legacy\"\nstrip_prefix = true\npool = \"api\"",
+            )
+            .route("web", "path_prefix = \"/\"\npool = \"web\"")
+            .build(),
+    );
     let cases = [
         ("/api/users/7?x=1&y=2", "api", "/users/7", Some("x=1&y=2")),
         ("/api/", "api", "/", None),

@@ -4,15 +4,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::h2raw::{self, Conn};
 use support::*;
-
-const PATIENCE: Duration = Duration::from_secs(15);
 
 fn config(backend: SocketAddr, server: &str) -> String {
     weighted_config(&[(backend, 1)], server, "access = \"off\"", "")
@@ -115,9 +112,12 @@ async fn h2_rapid_reset_ends_the_connection_with_goaway() {
         c.closed_within(PATIENCE).await,
         "the connection is closed after the GOAWAY"
     );
+    // Cancelled streams are never served: at most a few that were accepted before their reset
+    // was read could reach the backend, fewer than the 20 resets the connection is allowed
+    // (none, in practice); a proxy that serves the flood shows hundreds.
     assert!(
-        b.hits() < 500,
-        "most of the flood never reached the backend ({})",
+        b.hits() <= 20,
+        "the flood reached the backend ({} of 500 streams)",
         b.hits()
     );
     still_serves(&p).await;

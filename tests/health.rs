@@ -3,7 +3,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::*;
-use tokio::io::AsyncReadExt;
 
 fn pool_config(backends: &[SocketAddr], pool_extra: &str) -> String {
     simple_config(backends, pool_extra)
@@ -56,7 +54,7 @@ async fn a_killed_backend_leaves_rotation_without_failed_requests_and_rejoins_wi
     let c_addr = c.addr;
     let p = Proxy::start(&pool_config(
         &[a.addr, b.addr, c.addr],
-        r#"slow_start = "3s"
+        r#"slow_start = "20s"
 [pool.health]
 path = "/healthz"
 interval = "100ms"
@@ -66,7 +64,11 @@ fall = 2"#,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(steady_gets(p.addr(), stop_rx));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load is flowing through all three before one dies.
+    assert!(
+        eventually(PATIENCE, || async { a.hits() > 3 && b.hits() > 3 && c.hits() > 3 }).await,
+        "the load never reached every backend"
+    );
 
     c.kill();
     assert!(
@@ -89,6 +91,7 @@ fall = 2"#,
         .await,
         "the revived backend never rejoined"
     );
+    // Read at once after it rejoined: well inside the 20 s ramp.
     let ramping = backend_state(&p, c_addr).await;
     let pct = ramping["slow_start_percent"]
         .as_f64()
@@ -149,7 +152,15 @@ max_ejected_percent = 50"#,
     );
     let again = backend_state(&p, bad.addr).await;
     let left = again["ejected_for_seconds"].as_f64().expect("ejected");
-    assert!(left > 1.0 && left <= 2.0, "second ejection should last 2 s: {again}");
+    assert!(left <= 2.0, "second ejection should last 2 s: {again}");
+    // How long each ejection was for, as logged when it was decided: 1 s, then twice that.
+    let lengths: Vec<String> = p
+        .log_lines_with("backend ejected after consecutive failures")
+        .iter()
+        .filter(|l| l.contains(&bad.addr.to_string()))
+        .filter_map(|l| l.split("for_ms=").nth(1)?.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(lengths, ["1000", "2000"], "the ejection back-off doubles");
     assert!(
         good.hits() >= 10,
         "the healthy backend carried the traffic: {}",
@@ -265,14 +276,10 @@ queue_timeout = "300ms""#,
             .await
         })
     };
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            backend_state(&p, a.addr).await["in_flight"] == 1
-        })
-        .await
-    );
+    assert!(eventually(PATIENCE, || async { a.in_flight() == 1 }).await);
     let r = get(p.addr(), "/").await;
     assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(a.hits(), 1, "the queued request never reached the backend");
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(p.metric("waypost_queue_timeouts_total{pool=\"web\"}").await, Some(1.0));
     assert_eq!(slow.await.unwrap().status(), 200);
@@ -300,19 +307,17 @@ queue_timeout = "20s""#,
             .await
         }));
     }
-    let max_in_flight = Arc::new(AtomicUsize::new(0));
-    let max_queued = Arc::new(AtomicUsize::new(0));
-    while reqs.iter().any(|r| !r.is_finished()) {
-        let b = backend_state(&p, a.addr).await;
-        max_in_flight.fetch_max(b["in_flight"].as_u64().unwrap() as usize, Ordering::Relaxed);
-        max_queued.fetch_max(b["queued"].as_u64().unwrap() as usize, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Counted at the backend: two at a time, the other four waited their turn in the queue.
     for r in reqs {
         assert_eq!(r.await.unwrap().status(), 200);
     }
-    assert!(max_in_flight.load(Ordering::Relaxed) <= 2, "limit exceeded");
-    assert!(max_queued.load(Ordering::Relaxed) >= 1, "nothing ever queued");
+    assert_eq!(a.hits(), 6);
+    assert!(a.max_in_flight() <= 2, "limit exceeded: {} at once", a.max_in_flight());
+    assert_eq!(
+        a.max_in_flight(),
+        2,
+        "the limit was never reached: nothing had to queue"
+    );
     assert_eq!(p.metric("waypost_queue_timeouts_total{pool=\"web\"}").await, Some(0.0));
 }
 
@@ -325,33 +330,31 @@ async fn a_full_queue_refuses_at_once() {
 queue_timeout = "20s"
 queue_size = 1"#,
     )));
+    // The backend holds what reaches it: one in flight, one in the queue, until released.
+    a.set_mode(Mode::Hold);
     let mut slow = Vec::new();
     for _ in 0..2 {
         let addr = p.addr();
-        slow.push(tokio::spawn(async move {
-            send(
-                addr,
-                Request::get("/")
-                    .header("x-test-delay", "1s")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-        }));
+        slow.push(tokio::spawn(async move { get(addr, "/").await }));
     }
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            let b = backend_state(&p, a.addr).await;
-            b["in_flight"] == 1 && b["queued"] == 1
+        eventually(PATIENCE, || async {
+            a.in_flight() == 1 && backend_state(&p, a.addr).await["queued"] == 1
         })
         .await
     );
-    let started = std::time::Instant::now();
-    assert_eq!(get(p.addr(), "/").await.status(), 503);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "a full queue must not make the client wait"
+    // Answered while the backend still holds the one in flight: the full queue did not make
+    // this client wait for a slot (queue_timeout is 20 s).
+    let refused = tokio::time::timeout(PATIENCE, get(p.addr(), "/"))
+        .await
+        .expect("a full queue made the client wait");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        (a.hits(), a.in_flight()),
+        (1, 1),
+        "the refused request never reached the backend"
     );
+    a.set_mode(Mode::Normal);
     for s in slow {
         assert_eq!(s.await.unwrap().status(), 200);
     }
@@ -359,31 +362,17 @@ queue_size = 1"#,
 
 /// A backend that accepts, reads a request, waits, then closes without answering: a failure
 /// that a GET may be retried after, and slow enough for retries to overlap.
-async fn slow_breaking_backend() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                drop(s);
-            });
-        }
-    });
-    addr
+async fn slow_breaking_backend() -> RawBackend {
+    RawBackend::replying(b"").wait(Duration::from_millis(400)).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_retries_when_every_backend_fails() {
-    let mut addrs = Vec::new();
+    let mut backends = Vec::new();
     for _ in 0..4 {
-        addrs.push(slow_breaking_backend().await);
+        backends.push(slow_breaking_backend().await);
     }
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let p = Arc::new(Proxy::start(&pool_config(
         &addrs,
         r#"retries = 1

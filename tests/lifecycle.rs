@@ -18,37 +18,31 @@ use hyper_util::rt::TokioIo;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-const PATIENCE: Duration = Duration::from_secs(20);
+/// CLOCK_MONOTONIC in microseconds, read here (the clock sd_notify's MONOTONIC_USEC uses).
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
 
 /// Two pools ("a" and "b" backends) and a catch-all route to one of them; `extra` adds a route.
 fn two_pool_config(a: SocketAddr, b: SocketAddr, target: &str, extra: &str, listener: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "http"
-bind = "{listener}"
-
-[[pool]]
-name = "a"
-backends = [{{ address = "{a}" }}]
-
-[[pool]]
-name = "b"
-backends = [{{ address = "{b}" }}]
-
-[[route]]
-name = "main"
-path_prefix = "/"
-pool = "{target}"
-{extra}
-"#
-    )
+    Config::new()
+        .log("access = \"off\"")
+        .listener("http", listener, "")
+        .pool("a", &[a], "")
+        .pool("b", &[b], "")
+        .route("main", &format!("path_prefix = \"/\"\npool = \"{target}\""))
+        .route_extra(extra)
+        .build()
 }
 
 async fn post_reload(p: &Proxy) -> serde_json::Value {
@@ -283,6 +277,7 @@ async fn a_bad_config_keeps_the_old_routing_and_every_trigger_reports_it() {
     assert_eq!(status["last_reload"]["ok"], false);
 
     // A good file replaced by rename, as editors and config management do: picked up.
+    let renamed_at = unix_now();
     let tmp = p.config_path.with_extension("tmp");
     std::fs::write(&tmp, two_pool_config(a.addr, b.addr, "b", "", "127.0.0.1:0")).unwrap();
     std::fs::rename(&tmp, &p.config_path).unwrap();
@@ -291,11 +286,14 @@ async fn a_bad_config_keeps_the_old_routing_and_every_trigger_reports_it() {
         "the watcher never applied the replaced file"
     );
     assert_eq!(p.metric("waypost_config_generation").await, Some(2.0));
+    let applied_at = p
+        .metric("waypost_config_last_reload_success_timestamp_seconds")
+        .await
+        .unwrap();
+    let now = unix_now();
     assert!(
-        p.metric("waypost_config_last_reload_success_timestamp_seconds")
-            .await
-            .unwrap()
-            > 1.7e9
+        applied_at >= renamed_at.floor() && applied_at <= now,
+        "the last success was at {applied_at}: not between the rename ({renamed_at}) and now ({now})"
     );
 }
 
@@ -368,16 +366,28 @@ impl NotifySocket {
         let path = dir.path().join("notify.sock");
         let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        // The kernel stamps each datagram as it is sent: intervals between messages measured
+        // on these do not depend on when this test gets to read them.
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a c_int option value.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMP,
+                &on as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_TIMESTAMP");
         NotifySocket { sock, _dir: dir, path }
     }
 
     /// The next message that is not a WATCHDOG ping, within the deadline.
     fn next(&self, skip_watchdog: bool) -> Option<String> {
         let deadline = Instant::now() + PATIENCE;
-        let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some((msg, _)) = self.recv_stamped() {
                 if skip_watchdog && msg == "WATCHDOG=1" {
                     continue;
                 }
@@ -385,6 +395,41 @@ impl NotifySocket {
             }
         }
         None
+    }
+
+    /// One message (within the socket's read timeout) and when the kernel says it was sent.
+    fn recv_stamped(&self) -> Option<(String, Duration)> {
+        let mut buf = [0u8; 4096];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 16];
+        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: recvmsg into the buffers described by msg.
+        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return None;
+        }
+        let mut stamp = None;
+        // SAFETY: walking the control messages the kernel wrote into `control`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMP {
+                    let tv = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timeval);
+                    stamp = Some(Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+        Some((text, stamp.expect("a kernel time stamp on the datagram")))
     }
 }
 
@@ -400,12 +445,25 @@ async fn sd_notify_messages_arrive_in_order() {
     );
     let ready = n.next(true).expect("READY");
     assert!(ready.starts_with("READY=1\nSTATUS=serving generation 1"), "{ready:?}");
-    assert_eq!(
-        n.next(false).as_deref(),
-        Some("WATCHDOG=1"),
-        "the watchdog is fed every 100 ms"
+    // The watchdog is fed again and again, at half of WATCHDOG_USEC (100 ms) and never
+    // faster: six pings span at least five periods (less a little: the first ping's own
+    // sending may have lagged its timer), by the kernel's send time stamps.
+    let mut pings = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while pings.len() < 6 && Instant::now() < deadline {
+        if let Some((msg, at)) = n.recv_stamped() {
+            assert_eq!(msg, "WATCHDOG=1", "only pings while nothing happens");
+            pings.push(at);
+        }
+    }
+    assert_eq!(pings.len(), 6, "the watchdog is fed repeatedly");
+    let span = pings[5] - pings[0];
+    assert!(
+        span >= Duration::from_millis(450),
+        "six pings within {span:?}: fed faster than every 100 ms"
     );
 
+    let hup_at = monotonic_usec();
     p.signal(libc::SIGHUP);
     let reloading = n.next(true).expect("RELOADING");
     let mut lines = reloading.lines();
@@ -415,7 +473,11 @@ async fn sd_notify_messages_arrive_in_order() {
         .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
         .and_then(|v| v.parse().ok())
         .expect("MONOTONIC_USEC");
-    assert!(usec > 0);
+    let got_at = monotonic_usec();
+    assert!(
+        usec >= hup_at && usec <= got_at,
+        "MONOTONIC_USEC={usec} is not the monotonic clock between the SIGHUP ({hup_at}) and its receipt ({got_at})"
+    );
     let again = n.next(true).expect("READY after reload");
     assert!(again.starts_with("READY=1\nSTATUS=serving generation 2"), "{again:?}");
 
@@ -502,14 +564,23 @@ async fn serves_on_a_passed_socket_and_a_restart_with_the_socket_held_loses_noth
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = new_connection_load(addr, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = a.hits();
+    assert!(
+        eventually(PATIENCE, || async { a.hits() >= served + 10 }).await,
+        "the load is flowing"
+    );
     // Restart: the old process drains and exits; connections wait in the held socket's backlog
     // until the new one accepts.
     first.signal(libc::SIGTERM);
     assert_eq!(first.wait_exit(PATIENCE), Some(0));
     let second = activated(&config, &socket, "http");
     assert_eq!(second.addr(), addr);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load goes on through the new process (the old one is gone).
+    let served = a.hits();
+    assert!(
+        eventually(PATIENCE, || async { a.hits() >= served + 20 }).await,
+        "the new process never served the load"
+    );
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = load.await.unwrap();
     assert!(
@@ -531,7 +602,11 @@ async fn a_binary_upgrade_on_sigusr2_refuses_no_connection() {
     let admin = old.admin;
     let stop = Arc::new(AtomicBool::new(false));
     let load = new_connection_load(addr, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = a.hits();
+    assert!(
+        eventually(PATIENCE, || async { a.hits() >= served + 10 }).await,
+        "the load is flowing"
+    );
 
     old.signal(libc::SIGUSR2);
     assert_eq!(
@@ -556,7 +631,12 @@ async fn a_binary_upgrade_on_sigusr2_refuses_no_connection() {
         }
     }
     let _kill = Kill(pid);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load goes on through the new process (the old one has exited).
+    let served = a.hits();
+    assert!(
+        eventually(PATIENCE, || async { a.hits() >= served + 20 }).await,
+        "the new process never served the load"
+    );
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = load.await.unwrap();
     assert!(

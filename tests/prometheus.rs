@@ -46,41 +46,20 @@ async fn proxy_with_traffic() -> (Proxy, Vec<TestBackend>) {
     let b1 = TestBackend::start("b1").await.unwrap();
     let b2 = TestBackend::start("b2").await.unwrap();
     let dead = free_port();
-    let config = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{}", weight = 2 }}, {{ address = "{}" }}]
-
-[[pool]]
-name = "dead"
-connect_timeout = "500ms"
-backends = [{{ address = "127.0.0.1:{dead}" }}]
-
-[[route]]
-name = "app"
-host = ["localhost", "*.example.com"]
-path_prefix = "/"
-pool = "web"
-
-[[route]]
-name = "down"
-host = ["localhost"]
-path_prefix = "/down/"
-pool = "dead"
-"#,
-        b1.addr, b2.addr
-    );
+    let config = Config::new()
+        .log("access = \"off\"")
+        .listener("http", "127.0.0.1:0", "")
+        .weighted_pool("web", &[(b1.addr, 2), (b2.addr, 1)], "")
+        .pool_addresses("dead", &[&format!("127.0.0.1:{dead}")], "connect_timeout = \"500ms\"")
+        .route(
+            "app",
+            "host = [\"localhost\", \"*.example.com\"]\npath_prefix = \"/\"\npool = \"web\"",
+        )
+        .route(
+            "down",
+            "host = [\"localhost\"]\npath_prefix = \"/down/\"\npool = \"dead\"",
+        )
+        .build();
     let p = Proxy::start(&config);
     let addr = p.addr();
     for i in 0..10 {

@@ -11,17 +11,33 @@ use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Write raw bytes, read until the server closes (or the deadline); the response text.
+/// Write raw bytes, read until the server closes; the response text. A server that neither
+/// closes nor aborts the connection within PATIENCE fails the test.
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
+    read_to_close(&mut s).await
+}
+
+/// Everything the server sends until it closes (or resets) the connection, which it must do
+/// within PATIENCE.
+async fn read_to_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let mut buf = [0u8; 8192];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(closed.is_ok(), "the server kept the connection open: {text:?}");
+    text
 }
 
 fn status_of(response: &str) -> Option<u16> {
@@ -125,8 +141,9 @@ async fn ambiguous_framing_is_refused_with_400_and_never_forwarded() {
             None,
         ),
         (
+            // (Framing is fine here, so the connection may stay open: ask for the close.)
             "a bad request target",
-            b"GET not-a-path HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET not-a-path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             Some("400 bad request"),
         ),
         ("a space in the target", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", None),
@@ -198,12 +215,10 @@ async fn a_smuggling_head_split_across_reads_is_still_refused() {
         b"\nhello",
     ] {
         s.write_all(piece).await.unwrap();
-        // Let each piece be read on its own.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Each piece is read on its own before the next is sent.
+        wait_read_by_peer(&s).await;
     }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    let resp = String::from_utf8_lossy(&out);
+    let resp = read_to_close(&mut s).await;
     assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "{resp}");
     assert_eq!(b.hits(), 0);
 }
@@ -216,41 +231,15 @@ enum After {
     Hang,
 }
 
-async fn scripted_backend(reply: &'static [u8], trickle: Option<Duration>, after: After) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                match trickle {
-                    None => {
-                        let _ = s.write_all(reply).await;
-                    }
-                    Some(d) => {
-                        for b in reply {
-                            if s.write_all(&[*b]).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(d).await;
-                        }
-                    }
-                }
-                if let After::Hang = after {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                }
-            });
-        }
-    });
-    addr
+async fn scripted_backend(reply: &'static [u8], trickle: Option<Duration>, after: After) -> RawBackend {
+    let mut b = RawBackend::replying(reply);
+    if let Some(d) = trickle {
+        b = b.trickle(d);
+    }
+    if let After::Hang = after {
+        b = b.then_hang();
+    }
+    b.start().await
 }
 
 fn one_backend(addr: SocketAddr) -> String {
@@ -293,14 +282,14 @@ async fn misbehaving_backends_get_clean_errors_and_no_false_complete_bodies() {
     ];
     let healthy = TestBackend::start("healthy").await.unwrap();
     for (what, reply, trickle, after, want) in cases {
-        let addr = scripted_backend(reply, trickle, after).await;
+        let backend = scripted_backend(reply, trickle, after).await;
+        let addr = backend.addr;
         let p = Proxy::start(&format!(
             "{}\n[[pool]]\nname = \"ok\"\nbackends = [{{ address = \"{}\" }}]\n[[route]]\nname = \"ok\"\npath_prefix = \"/ok/\"\npool = \"ok\"\n",
             one_backend(addr),
             healthy.addr
         ));
         // Another client keeps being served while the broken exchange is under way.
-        let started = std::time::Instant::now();
         let (broken, fine) = tokio::join!(
             tokio::time::timeout(
                 PATIENCE,
@@ -315,24 +304,24 @@ async fn misbehaving_backends_get_clean_errors_and_no_false_complete_bodies() {
             status.is_some_and(|s| want.contains(&s)),
             "{what}: expected {want:?}, got {broken:?}"
         );
+        let body = body_of(&broken);
         assert!(
-            broken.lines().last().is_some_and(|l| !l.is_empty()),
-            "{what}: the error body is one line"
+            body.len() > 1 && body.ends_with('\n') && body.matches('\n').count() == 1,
+            "{what}: the error body is one line: {body:?}"
         );
-        assert!(started.elapsed() < PATIENCE, "{what}: took too long");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_short_by_the_backend_aborts_the_client_connection() {
     // The head promises 100 bytes; 10 arrive, then the backend resets.
-    let addr = scripted_backend(
+    let backend = scripted_backend(
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
         None,
         After::Close,
     )
     .await;
-    let p = Proxy::start(&one_backend(addr));
+    let p = Proxy::start(&one_backend(backend.addr));
     let resp = raw(p.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&resp), Some(200));
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -343,13 +332,13 @@ async fn a_body_cut_short_by_the_backend_aborts_the_client_connection() {
     assert!(body.starts_with("0123456789"));
     // The connection was closed under the client (read_to_end returned): the short body can
     // never be taken for a whole one, since Content-Length said 100.
-    let chunked_addr = scripted_backend(
+    let chunked = scripted_backend(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
         None,
         After::Close,
     )
     .await;
-    let p2 = Proxy::start(&one_backend(chunked_addr));
+    let p2 = Proxy::start(&one_backend(chunked.addr));
     let resp = raw(p2.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&resp), Some(200));
     assert!(

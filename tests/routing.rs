@@ -21,13 +21,12 @@ const POOLS: &[&str] = &[
 
 async fn site() -> Site {
     let mut backends = Vec::new();
-    let mut pools = String::new();
+    let mut cfg = Config::new()
+        .log("access = \"off\"")
+        .listener("http", "127.0.0.1:0", "");
     for name in POOLS {
         let b = TestBackend::start(name).await.unwrap();
-        pools.push_str(&format!(
-            "[[pool]]\nname = \"{name}\"\nbackends = [{{ address = \"{}\" }}]\n\n",
-            b.addr
-        ));
+        cfg = cfg.pool(name, &[b.addr], "");
         backends.push(b);
     }
     // Less specific routes come first: the order of the file must not matter.
@@ -86,22 +85,8 @@ path_prefix = "/a/"
 methods = ["GET"]
 pool = "only"
 "#;
-    let config = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-{pools}
-{routes}
-"#
-    );
+    // The routes go in as written (more top-level TOML), in their order.
+    let config = cfg.table(routes).build();
     Site {
         proxy: Proxy::start(&config),
         backends,
@@ -215,25 +200,14 @@ async fn no_match_is_a_404_with_one_line_and_reaches_no_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_catch_all_an_unmatched_path_is_404() {
     let b = TestBackend::start("b").await.unwrap();
-    let p = Proxy::start(&format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-[log]
-access = "off"
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-[[pool]]
-name = "web"
-backends = [{{ address = "{}" }}]
-[[route]]
-name = "docs"
-path_prefix = "/docs/"
-pool = "web"
-"#,
-        b.addr
-    ));
+    let p = Proxy::start(
+        &Config::new()
+            .log("access = \"off\"")
+            .listener("http", "127.0.0.1:0", "")
+            .pool("web", &[b.addr], "")
+            .route("docs", "path_prefix = \"/docs/\"\npool = \"web\"")
+            .build(),
+    );
     assert_eq!(get(p.addr(), "/docs/x").await.status(), 200);
     for path in ["/", "/docs", "/other/docs/"] {
         let r = get(p.addr(), path).await;

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -32,47 +30,32 @@ async fn no_secret_appears_in_status_metrics_or_logs() {
         .collect();
     assert!(!key_lines.is_empty());
     let config = |extra_route: &str| {
-        format!(
-            r#"
-[admin]
-bind = "127.0.0.1:0"
-token_file = "{token_file}"
-
-[log]
-level = "debug"
-access = "stdout"
-
-[session]
-secret_file = "{session_file}"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:0"
-[listener.tls]
-certificates = [{{ cert = "{cert}", key = "{key}" }}]
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pool = "web"
-[route.sticky]
-cookie = "aff"
-{extra_route}
-"#,
-            token_file = dir.path().join("admin.token").display(),
-            session_file = dir.path().join("session.key").display(),
-            cert = cert.display(),
-            key = key.display(),
-            backend = backend.addr,
-        )
+        Config::new()
+            .admin(&format!(
+                "token_file = \"{}\"",
+                dir.path().join("admin.token").display()
+            ))
+            .log("level = \"debug\"\naccess = \"stdout\"")
+            .table(&format!(
+                "[session]\nsecret_file = \"{}\"",
+                dir.path().join("session.key").display()
+            ))
+            .listener("http", "127.0.0.1:0", "")
+            .listener(
+                "https",
+                "127.0.0.1:0",
+                &format!(
+                    "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+            .pool("web", &[backend.addr], "")
+            .route(
+                "app",
+                &format!("path_prefix = \"/\"\npool = \"web\"\n[route.sticky]\ncookie = \"aff\"\n{extra_route}"),
+            )
+            .build()
     };
     let p = Proxy::start(&config(""));
     for _ in 0..3 {
@@ -82,6 +65,13 @@ cookie = "aff"
     // A good reload, then a broken one (its errors are logged and returned).
     std::fs::write(&p.config_path, config("")).unwrap();
     p.signal(libc::SIGHUP);
+    assert!(
+        eventually(PATIENCE, || async {
+            p.metric("waypost_config_generation").await >= Some(2.0)
+        })
+        .await,
+        "the good reload was applied"
+    );
     std::fs::write(&p.config_path, config("colour = \"red\"")).unwrap();
     let r = send(
         p.admin,
@@ -103,14 +93,14 @@ cookie = "aff"
     )
     .await;
     assert_eq!(r.status(), 401);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, status) = p.admin_get("/status").await;
-    let (_, metrics) = p.admin_get("/metrics").await;
-    let logs = format!("{}\n{}", p.stderr(), p.stdout_lines().join("\n"));
+    let logs = || format!("{}\n{}", p.stderr(), p.stdout_lines().join("\n"));
     assert!(
-        logs.contains("colour"),
+        eventually(PATIENCE, || async { logs().contains("colour") }).await,
         "the broken reload was logged (so logs are really checked)"
     );
+    let (_, status) = p.admin_get("/status").await;
+    let (_, metrics) = p.admin_get("/metrics").await;
+    let logs = logs();
     for (place, text) in [
         ("/status", &status),
         ("/metrics", &metrics),

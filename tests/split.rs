@@ -4,14 +4,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use support::*;
-
-const PATIENCE: Duration = Duration::from_secs(15);
 
 struct Db {
     primary: TestBackend,
@@ -31,59 +28,24 @@ async fn db() -> Db {
 }
 
 fn config(db: &Db, secret: &std::path::Path, ryw: &str) -> String {
-    let addr = |b: &TestBackend| b.addr;
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "stdout"
-
-[session]
-secret_file = "{secret}"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "orders-primary"
-backends = [{{ address = "{p}" }}]
-[pool.health]
-path = "/healthz"
-interval = "100ms"
-timeout = "200ms"
-rise = 1
-fall = 1
-
-[[pool]]
-name = "orders-replicas"
-backends = [{{ address = "{r1}" }}, {{ address = "{r2}" }}]
-[pool.health]
-path = "/healthz"
-interval = "100ms"
-timeout = "200ms"
-rise = 1
-fall = 1
-lag_header = "x-replica-lag"
-role_header = "x-role"
-
-[[route]]
-name = "orders"
-path_prefix = "/api/orders"
-[route.split]
-primary = "orders-primary"
-replicas = "orders-replicas"
-read_your_writes = "{ryw}"
-max_replica_lag = "2s"
-force_primary_header = "x-read-primary"
-"#,
-        secret = secret.display(),
-        p = addr(&db.primary),
-        r1 = addr(&db.r1),
-        r2 = addr(&db.r2),
-    )
+    let health = "[pool.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1";
+    Config::new()
+        .log("access = \"stdout\"")
+        .table(&format!("[session]\nsecret_file = \"{}\"", secret.display()))
+        .listener("http", "127.0.0.1:0", "")
+        .pool("orders-primary", &[db.primary.addr], health)
+        .pool(
+            "orders-replicas",
+            &[db.r1.addr, db.r2.addr],
+            &format!("{health}\nlag_header = \"x-replica-lag\"\nrole_header = \"x-role\""),
+        )
+        .route(
+            "orders",
+            &format!(
+                "path_prefix = \"/api/orders\"\n[route.split]\nprimary = \"orders-primary\"\nreplicas = \"orders-replicas\"\nread_your_writes = \"{ryw}\"\nmax_replica_lag = \"2s\"\nforce_primary_header = \"x-read-primary\""
+            ),
+        )
+        .build()
 }
 
 fn secret(dir: &tempfile::TempDir) -> std::path::PathBuf {
@@ -152,7 +114,8 @@ async fn settled(p: &Proxy) {
 async fn reads_go_to_replicas_writes_to_the_primary_and_a_writer_reads_its_writes() {
     let db = db().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = Proxy::start(&config(&db, &secret(&dir), "1s"));
+    // read_your_writes long enough that the reads below, on a busy machine, come inside it.
+    let p = Proxy::start(&config(&db, &secret(&dir), "3s"));
     settled(&p).await;
     for _ in 0..6 {
         assert!(backend(&call(p.addr(), Method::GET, None, None).await).starts_with("replica"));
@@ -177,7 +140,7 @@ async fn reads_go_to_replicas_writes_to_the_primary_and_a_writer_reads_its_write
         backend(&call(p.addr(), Method::GET, None, Some(("x-read-primary", "1"))).await),
         "primary"
     );
-    // After read_your_writes (1 s), reads go back to the replicas.
+    // After read_your_writes (3 s), reads go back to the replicas.
     assert!(
         eventually(PATIENCE, || async {
             backend(&call(p.addr(), Method::GET, Some(&cookie), None).await).starts_with("replica")

@@ -13,47 +13,19 @@ use http::Request;
 use http_body_util::Full;
 use support::*;
 
-fn backends_list(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn sticky_config(addrs: &[SocketAddr], secret: &std::path::Path, strict: bool, pool_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[session]
-secret_file = "{}"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{}]
-{pool_extra}
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pool = "web"
-[route.sticky]
-cookie = "affinity"
-max_age = "1h"
-strict = {strict}
-"#,
-        secret.display(),
-        backends_list(addrs)
-    )
+    Config::new()
+        .log("access = \"off\"")
+        .table(&format!("[session]\nsecret_file = \"{}\"", secret.display()))
+        .listener("http", "127.0.0.1:0", "")
+        .pool("web", addrs, pool_extra)
+        .route(
+            "app",
+            &format!(
+                "path_prefix = \"/\"\npool = \"web\"\n[route.sticky]\ncookie = \"affinity\"\nmax_age = \"1h\"\nstrict = {strict}"
+            ),
+        )
+        .build()
 }
 
 fn secret_file(dir: &tempfile::TempDir, name: &str, byte: u8) -> std::path::PathBuf {
@@ -218,39 +190,21 @@ async fn two_instances_with_one_key_honour_each_others_cookies() {
 
 fn hash_config(addrs: &[SocketAddr], extra_route: bool, factor: Option<f64>) -> String {
     let factor = factor.map(|f| format!("hash_balance_factor = {f}")).unwrap_or_default();
-    let extra = if extra_route {
-        "[[route]]\nname = \"other\"\npath = \"/other\"\npool = \"shards\"\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "shards"
-balance = "consistent_hash"
-hash_key = "header:x-user-id"
-{factor}
-response_timeout = "30s"
-backends = [{}]
-
-[[route]]
-name = "app"
-path_prefix = "/"
-pool = "shards"
-{extra}
-"#,
-        backends_list(addrs)
-    )
+    let mut c = Config::new()
+        .log("access = \"off\"")
+        .listener("http", "127.0.0.1:0", "")
+        .pool(
+            "shards",
+            addrs,
+            &format!(
+                "balance = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\n{factor}\nresponse_timeout = \"30s\""
+            ),
+        )
+        .route("app", "path_prefix = \"/\"\npool = \"shards\"");
+    if extra_route {
+        c = c.route("other", "path = \"/other\"\npool = \"shards\"");
+    }
+    c.build()
 }
 
 async fn owner(addr: SocketAddr, key: &str) -> String {
@@ -306,11 +260,10 @@ async fn keys_stay_on_their_backend_across_requests_and_reloads_and_removal_move
             assert_eq!(before[k], "s4", "only keys of the removed backend may move ({k})");
         }
     }
-    assert!(
-        moved as f64 <= 0.25 * keys.len() as f64,
-        "{moved} of {} keys moved",
-        keys.len()
-    );
+    // Exactly the removed backend's keys moved (how many it had depends on where its random
+    // port put it on the ring: about a fifth).
+    let had = keys.iter().filter(|k| before[*k] == "s4").count();
+    assert_eq!(moved, had, "{moved} of {} keys moved; s4 had {had}", keys.len());
     // Requests without the key are spread round robin.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..12 {
@@ -339,24 +292,10 @@ async fn a_hot_key_cannot_overload_its_shard() {
             send(addr, req.body(Full::new(Bytes::new())).unwrap()).await
         }));
     }
-    let mut worst = 0.0f64;
+    // Counted at the backends: how many each answers at once, and all of them together.
     let mut peak_total = 0;
     while reqs.iter().any(|r| !r.is_finished()) {
-        let (_, body) = p.admin_get("/status").await;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let loads: Vec<u64> = v["pools"][0]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["in_flight"].as_u64().unwrap())
-            .collect();
-        let total: u64 = loads.iter().sum();
-        peak_total = peak_total.max(total);
-        if total > 0 {
-            let cap = (factor * total as f64 / loads.len() as f64).ceil() + 1.0;
-            let max = *loads.iter().max().unwrap() as f64;
-            worst = worst.max(max - cap);
-        }
+        peak_total = peak_total.max(bs.iter().map(|b| b.in_flight()).sum::<u64>());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut served = std::collections::HashSet::new();
@@ -365,11 +304,22 @@ async fn a_hot_key_cannot_overload_its_shard() {
         assert_eq!(r.status(), 200);
         served.insert(echo(&r)["backend"].as_str().unwrap().to_string());
     }
+    assert_eq!(bs.iter().map(|b| b.hits()).sum::<u64>(), N as u64);
     assert!(
         peak_total >= 10,
         "the load never built up ({peak_total} in flight): the test proves nothing"
     );
-    assert!(worst <= 0.0, "a backend went {worst} above factor x mean (+1)");
+    // The cap is factor x the mean load (+1), the mean taken over what is in flight; with at
+    // most N in flight, no backend may ever have held more than this.
+    let cap = (factor * N as f64 / bs.len() as f64).ceil() as u64 + 1;
+    for b in &bs {
+        assert!(
+            b.max_in_flight() <= cap,
+            "{} answered {} at once, above the cap of {cap}",
+            b.name(),
+            b.max_in_flight()
+        );
+    }
     assert!(
         served.len() >= 3,
         "the hot key should spill over to other shards: {served:?}"

@@ -30,16 +30,6 @@ fn pool_tls(ca_file: &str) -> String {
     format!("tls = true\nca_file = \"{ca_file}\"")
 }
 
-/// Sum of the metric series named `name` whose labels include all of `labels`.
-async fn metric_sum(p: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (_, text) = p.admin_get("/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn backend_with_its_own_ca_is_reached_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,16 +83,16 @@ async fn backend_certificate_from_another_ca_is_refused_and_counted() {
     let r = get(p.addr(), "/").await;
     assert_eq!(r.status(), 502, "{:?}", r.body());
     assert_eq!(b.hits(), 0, "nothing reaches a backend that failed verification");
-    let errors = metric_sum(
-        &p,
-        "waypost_upstream_requests_total",
-        &[
-            ("pool", "web"),
-            ("backend", &b.addr.to_string()),
-            ("status_class", "error"),
-        ],
-    )
-    .await;
+    let errors = p
+        .metric_sum(
+            "waypost_upstream_requests_total",
+            &[
+                ("pool", "web"),
+                ("backend", &b.addr.to_string()),
+                ("status_class", "error"),
+            ],
+        )
+        .await;
     assert!(errors >= 1.0, "the refused attempt is counted, got {errors}");
 }
 
@@ -192,34 +182,20 @@ fn grpc_config(dir: &Path, backend: SocketAddr, backend_ca: &str) -> (String, Ca
     let (cert, key) = front.issue(&["grpc.test"]);
     std::fs::write(dir.join("front.crt"), cert).unwrap();
     std::fs::write(dir.join("front.key"), key).unwrap();
-    let config = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-access = "off"
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:0"
-[listener.tls]
-certificates = [{{ cert = "{}", key = "{}" }}]
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{backend}" }}]
-tls = true
-ca_file = "{backend_ca}"
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#,
-        dir.join("front.crt").display(),
-        dir.join("front.key").display(),
-    );
+    let config = Config::new()
+        .log("access = \"off\"")
+        .listener(
+            "https",
+            "127.0.0.1:0",
+            &format!(
+                "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+                dir.join("front.crt").display(),
+                dir.join("front.key").display()
+            ),
+        )
+        .pool("web", &[backend], &format!("tls = true\nca_file = \"{backend_ca}\""))
+        .route("all", "path_prefix = \"/\"\npool = \"web\"")
+        .build();
     (config, front)
 }
 

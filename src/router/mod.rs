@@ -309,6 +309,11 @@ mod tests {
             .collect();
         routes.push(route("fallback", &[], pre("/"), None));
         let r = Router::new(&routes);
+        // A lookup is one host probe, then one probe per distinct prefix length in that host's
+        // group: here 3 (/p42/, /p142/, /p1042/) for its 100 routes, whatever the route count.
+        let g = &r.groups[r.exact_hosts["h42.example.com"]];
+        assert_eq!(g.prefix.values().map(Vec::len).sum::<usize>(), 100);
+        assert_eq!(g.prefix_lens, [7, 6, 5], "probes per lookup");
         assert_eq!(
             name(&routes, &r, Some("h42.example.com"), "/p4242/x", Method::GET),
             Some("r4242")

@@ -16,12 +16,30 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+pub mod config;
 pub mod h2raw;
 pub mod pki;
+pub mod raw;
+
+pub use config::Config;
+pub use raw::{dead_addr, RawBackend};
 
 pub use waypost::testbackend::{Mode, TestBackend};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_waypost");
+
+/// How long any test waits for something that should happen (a response, a close, a state
+/// change) before calling it a failure. Generous: the machine is shared and noisy; a test
+/// passes as soon as the thing happens, so this only bounds how long a failure takes.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `f`'s outcome, or a failure naming `what` when there is none within PATIENCE (instead of a
+/// test that hangs).
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no outcome within {PATIENCE:?}"))
+}
 
 /// A running waypost process.
 pub struct Proxy {
@@ -188,11 +206,43 @@ impl Proxy {
     /// The value of one metric series from /metrics (exact series text, e.g.
     /// `waypost_retries_total{pool="web"}`), or None if absent.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let (_, text) = self.admin_get("/metrics").await;
+        let text = self.metrics_text().await;
         text.lines()
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// The sum of every series of metric `name` that carries all of `labels` (in any order,
+    /// among others); 0 when there is none.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_text().await;
+        let mut sum = 0.0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (n, labelset) = match series.find('{') {
+                Some(i) => (&series[..i], series[i + 1..].trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                continue;
+            }
+            let have: Vec<&str> = labelset.split(',').collect();
+            if labels
+                .iter()
+                .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
+            {
+                sum += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+        sum
+    }
+
+    /// The /metrics page (within PATIENCE).
+    pub async fn metrics_text(&self) -> String {
+        within("GET /metrics", self.admin_get("/metrics")).await.1
     }
 }
 
@@ -235,6 +285,40 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Wait until the peer of `s` (a loopback socket: both ends are on this host) has read every
+/// byte `s` sent, as the kernel's receive queue of the peer's socket shows (/proc/net/tcp).
+/// Tells a test that a piece it wrote was read on its own before it writes the next one.
+pub async fn wait_read_by_peer(s: &TcpStream) {
+    let (local, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    let read_all = eventually(PATIENCE, || async move {
+        // The peer's side is the line whose local port is `peer`'s and remote port ours; and
+        // our own send queue must be empty (everything delivered).
+        let table = std::fs::read_to_string(if local.is_ipv4() {
+            "/proc/net/tcp"
+        } else {
+            "/proc/net/tcp6"
+        })
+        .unwrap_or_default();
+        let queues = |from: u16, to: u16| {
+            table.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+                if port(f.get(1)?)? != from || port(f.get(2)?)? != to {
+                    return None;
+                }
+                let (tx, rx) = f.get(4)?.split_once(':')?;
+                Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+            })
+        };
+        matches!(
+            (queues(local.port(), peer.port()), queues(peer.port(), local.port())),
+            (Some((0, _)), Some((_, 0)))
+        )
+    })
+    .await;
+    assert!(read_all, "the peer of {local} did not read what was sent");
 }
 
 /// One HTTP/1.1 request on a new connection; the whole response body collected.
@@ -300,43 +384,19 @@ pub fn echo(resp: &Response<Bytes>) -> serde_json::Value {
 
 /// A config with one listener and the admin API on port 0, one pool "web" of weighted
 /// `backends` and one catch-all route "all"; `server` and `log` are the bodies of those tables
-/// and `pool_extra` goes into the pool's.
+/// and `pool_extra` goes into the pool's. (`Config::weighted` with those parts.)
 pub fn weighted_config(backends: &[(SocketAddr, u32)], server: &str, log: &str, pool_extra: &str) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect();
-    format!(
-        r#"
-[server]
-{server}
-
-[admin]
-bind = "127.0.0.1:0"
-
-[log]
-{log}
-
-[[listener]]
-name = "http"
-bind = "127.0.0.1:0"
-
-[[pool]]
-name = "web"
-backends = [{}]
-{pool_extra}
-
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "web"
-"#,
-        list.join(", ")
-    )
+    Config::weighted(backends)
+        .server(server)
+        .log(log)
+        .pool_extra(pool_extra)
+        .build()
 }
 
 /// A minimal config: `weighted_config` with equal weights and the access log on stdout.
 pub fn simple_config(backends: &[SocketAddr], pool_extra: &str) -> String {
-    let weighted: Vec<(SocketAddr, u32)> = backends.iter().map(|a| (*a, 1)).collect();
-    weighted_config(&weighted, "", "access = \"stdout\"", pool_extra)
+    Config::proxy(backends)
+        .log("access = \"stdout\"")
+        .pool_extra(pool_extra)
+        .build()
 }

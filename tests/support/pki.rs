@@ -40,9 +40,15 @@ impl Ca {
         } else {
             ExtendedKeyUsagePurpose::ServerAuth
         }];
+        // Each leaf its own expiry (a day apart, in 2040), so one can be told from another.
+        static LEAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LEAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        params.not_after = rcgen::date_time_ymd(2040, 1, 1) + std::time::Duration::from_secs(86_400 * n);
+        let not_after = params.not_after.unix_timestamp();
         let key = KeyPair::generate_for(alg).unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         Leaf {
+            not_after,
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             der: cert.der().clone(),
@@ -65,6 +71,8 @@ impl Ca {
 }
 
 pub struct Leaf {
+    /// The certificate's notAfter, in Unix seconds.
+    pub not_after: i64,
     pub cert_pem: String,
     pub key_pem: String,
     pub der: CertificateDer<'static>,
