@@ -131,7 +131,7 @@ fn bench(c: &mut Criterion) {
             .now_or_never()
             .expect("a miss leads at once");
             // Dropping the plan ends its flight, so every iteration leads a new one.
-            black_box(matches!(plan, Plan::Forward(_)))
+            black_box(matches!(plan, Plan::Go(_)))
         })
     });
     // A parts clone is part of every iteration above; this is its cost alone.

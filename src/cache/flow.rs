@@ -1,11 +1,11 @@
 //! The cache's one entry into the request pipeline and its one exit.
 //!
 //! Entry: [`lookup`](super::lookup::lookup) returns a [`Plan`]: answer from the store, or go
-//! upstream with what the cache needs to finish. Exit: [`Plan::forward`] runs the exchange with
+//! upstream with the [`Flow`] that finishes the request. Exit: [`Flow::forward`] runs the exchange with
 //! the backend (in the background for stale-while-revalidate) and turns its outcome into what
 //! the client gets: the backend's response, teed into the store when it may be stored; a 304
 //! merged into the stored response; a stale response when the origin failed and
-//! `stale-if-error` allows it. A route without a cache takes the same exit as [`Plan::Off`].
+//! `stale-if-error` allows it. A route without a cache takes the same exit as [`Flow::Off`].
 
 use std::sync::Arc;
 
@@ -20,14 +20,31 @@ use crate::upstream::{self, Attempts, Backend, Lease, PickHint, Pool, Replay};
 
 /// What the lookup decided.
 pub enum Plan {
-    /// The route does not cache: the exchange is the backend's alone.
-    Off,
     /// Answer with this, from the store.
     Serve(Response<ProxyBody>, CacheResult),
-    /// Go upstream; [`Pending`] deals with the answer.
-    Forward(Pending),
+    /// Go upstream, and finish as the flow says.
+    Go(Flow),
+}
+
+impl Plan {
+    pub(super) fn pending(p: Pending) -> Plan {
+        Plan::Go(Flow::Forward(Box::new(p)))
+    }
+
+    pub(super) fn refresh(stale: Response<ProxyBody>, p: Pending) -> Plan {
+        Plan::Go(Flow::Refresh(Box::new((stale, p))))
+    }
+}
+
+/// How a request that goes upstream is finished: small, since the pipeline holds it across the
+/// exchange (the cache's state is boxed; routes without a cache allocate nothing).
+pub enum Flow {
+    /// The route does not cache: the exchange is the backend's alone.
+    Off,
+    /// [`Pending`] deals with the answer.
+    Forward(Box<Pending>),
     /// Answer with this stale response now, and refresh it upstream in the background.
-    Refresh(Response<ProxyBody>, Pending),
+    Refresh(Box<(Response<ProxyBody>, Pending)>),
 }
 
 /// What the client gets once the upstream side is done.
@@ -66,16 +83,16 @@ impl Exchange {
     }
 }
 
-impl Plan {
+impl Flow {
     /// Phases 6 (forward) and 7 (store): send `req` to a backend of `pool` and finish what the
     /// cache planned. `upgrade`: the client asked to switch protocols.
     pub async fn forward(self, pool: Arc<Pool>, req: Request<ProxyBody>, hint: PickHint, upgrade: bool) -> Exchange {
         let mut attempts = Attempts::default();
         let mut pending = match self {
-            Plan::Off => None,
-            Plan::Forward(p) => Some(p),
-            Plan::Serve(resp, result) => return Exchange::done(Ok(Answer::Stored(resp)), Some(result), attempts),
-            Plan::Refresh(resp, p) => {
+            Flow::Off => None,
+            Flow::Forward(p) => Some(p),
+            Flow::Refresh(refresh) => {
+                let (resp, p) = *refresh;
                 // stale-while-revalidate: the client has its answer now; the refresh runs on its own.
                 tokio::spawn(p.refresh(pool, req, hint));
                 return Exchange::done(Ok(Answer::Stored(resp)), Some(CacheResult::Stale), attempts);

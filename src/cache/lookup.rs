@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Response, StatusCode};
 
 use super::fill::{Kind, Pending};
-use super::flow::Plan;
+use super::flow::{Flow, Plan};
 use super::route::{CacheResult, RouteCache};
 use crate::body::ProxyBody;
 use crate::cache::rules::{
@@ -106,7 +106,7 @@ pub async fn lookup(
 ) -> Plan {
     match (cache, rc) {
         (Some(cache), Some(rc)) => plan(cache, rc, parts, host, upgrade, wait_for).await,
-        _ => Plan::Off,
+        _ => Plan::Go(Flow::Off),
     }
 }
 
@@ -143,10 +143,10 @@ async fn plan(
     if method != Method::GET && method != Method::HEAD {
         // Unsafe methods keep the key: a success invalidates it.
         let key = if is_unsafe(&method) { key } else { Vec::new() };
-        return Plan::Forward(pending(Kind::Bypass(Fwd::Method), key, now, false, false));
+        return Plan::pending(pending(Kind::Bypass(Fwd::Method), key, now, false, false));
     }
     if upgrade {
-        return Plan::Forward(pending(Kind::Bypass(Fwd::Bypass), Vec::new(), now, false, false));
+        return Plan::pending(pending(Kind::Bypass(Fwd::Bypass), Vec::new(), now, false, false));
     }
     if let Some(name) = rc.cfg.version_param.as_deref() {
         if let Some((version, base)) = version_of(pq, name) {
@@ -167,7 +167,7 @@ async fn plan(
         let res = cache.get(&key);
         let found = res.as_deref().and_then(|r| variant_for(r, &parts.headers));
         if found.is_some_and(|o| authorized && !allows_authorized(&o.headers)) {
-            return Plan::Forward(pending(
+            return Plan::pending(pending(
                 Kind::Bypass(Fwd::Bypass),
                 Vec::new(),
                 now,
@@ -199,7 +199,7 @@ async fn plan(
                         return Plan::Serve(resp, CacheResult::Stale);
                     }
                     let p = pending(Kind::Revalidate(obj.clone()), key, now, collapsed, versioned);
-                    return Plan::Refresh(resp, as_refresh(p, parts, obj));
+                    return Plan::refresh(resp, as_refresh(p, parts, obj));
                 }
                 Decision::Stale { may_serve_if_error, .. } => {
                     if may_serve_if_error {
@@ -219,12 +219,12 @@ async fn plan(
         if method == Method::HEAD {
             let mut p = pending(Kind::Head, Vec::new(), now, collapsed, versioned);
             p.stale = stale;
-            return Plan::Forward(p);
+            return Plan::pending(p);
         }
         if range {
             // Range requests are answered from a fresh stored response; anything else about
             // them goes straight through, not stored.
-            return Plan::Forward(pending(
+            return Plan::pending(pending(
                 Kind::Bypass(Fwd::Partial),
                 Vec::new(),
                 now,
@@ -256,7 +256,7 @@ async fn plan(
         p.req_headers = req_headers;
         p.flight = flight;
         p.stale = stale;
-        return Plan::Forward(p);
+        return Plan::pending(p);
     }
 }
 
@@ -518,7 +518,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         match ask().await {
-            Plan::Forward(p) => assert!(
+            Plan::Go(Flow::Forward(p)) => assert!(
                 matches!(p.kind, Kind::Revalidate(_)),
                 "stale with a validator: revalidate"
             ),

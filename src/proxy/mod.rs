@@ -107,10 +107,13 @@ async fn pipeline(
         wait_for,
     )
     .await;
-    if let Plan::Serve(resp, result) = plan {
-        count_cache(route, account, Some(result));
-        return Ok(resp);
-    }
+    let flow = match plan {
+        Plan::Serve(resp, result) => {
+            count_cache(route, account, Some(result));
+            return Ok(resp);
+        }
+        Plan::Go(flow) => flow,
+    };
     // 4 target: the route's pool, or for a split route the primary or the replicas.
     let (pool, target) = target(state, route, &parts, home_pool, account)?;
     // 5 pick: a sticky client's backend, a consistent-hash key, else the policy alone.
@@ -121,7 +124,7 @@ async fn pipeline(
     let upstream_req = upstream_request(parts, body, host, conn, route);
     // 6a mirror: a copy for the route's shadow pool, sent on its own.
     let upstream_req = state.mirrors.tee(route_id.index(), upstream_req);
-    let exchange = plan.forward(pool.clone(), upstream_req, hint, upgrade).await;
+    let exchange = flow.forward(pool.clone(), upstream_req, hint, upgrade).await;
     count_cache(route, account, exchange.cache);
     if exchange.attempts.retried {
         account.note(|l| l.flags |= flags::RETRIED);
