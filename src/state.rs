@@ -281,3 +281,6 @@ impl State {
         self.listeners.iter().position(|l| &**l == name).unwrap_or(usize::MAX)
     }
 }
+
+#[cfg(test)]
+mod tests;

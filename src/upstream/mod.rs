@@ -19,6 +19,9 @@ mod forward;
 mod pool;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 pub use backend::{set_worker_id, set_workers, Backend, Lease};
 pub use connect::dial;
 pub use forward::{forward, is_idempotent, Attempts, Replay};
