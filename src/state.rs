@@ -316,3 +316,6 @@ impl State {
         &self.routes[id.index()]
     }
 }
+
+#[cfg(test)]
+mod tests;
