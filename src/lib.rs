@@ -8,8 +8,8 @@
 //!   client limits (`listener::guard`), the HTTP/1 framing scanner (`listener::framing`), TLS
 //!   termination (`listener::tls`), PROXY protocol. Shares [`listener::Plane`] with `app`.
 //! - [`proxy`]: the request pipeline, its phases in order, and its one exit (`proxy::Account`).
-//! - [`cache`]: the response cache: `cache::lookup` (phase 3), `cache::Plan::forward` (phases 6
-//!   and 7), the store and the RFC 9111 rules.
+//! - [`cache`]: the response cache: `cache::lookup` (phase 3), `cache::Flow::finish` (phase
+//!   7), the store and the RFC 9111 rules.
 //! - [`state`]: one immutable generation of the running config (router, pools, log sink), built
 //!   from the config and the previous generation, swapped in with arc-swap.
 //! - [`upstream`]: backends, their idle connections, pools and picking, forwarding and retries,

@@ -796,10 +796,14 @@ async fn stale_while_revalidate_refreshes_once_in_the_background() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
     let origin = Origin::start(move |_, n| {
-        let r = Reply::ok(
-            &[("cache-control", "max-age=1, stale-while-revalidate=60")],
-            &format!("gen {n}"),
-        );
+        // The refreshed response stays fresh, so that a slow machine cannot see it go stale
+        // (and refresh again) before the test reads it.
+        let cc = if n == 0 {
+            "max-age=1, stale-while-revalidate=60"
+        } else {
+            "max-age=600, stale-while-revalidate=60"
+        };
+        let r = Reply::ok(&[("cache-control", cc)], &format!("gen {n}"));
         if n == 0 {
             r
         } else {

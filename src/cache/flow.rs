@@ -1,9 +1,10 @@
 //! The cache's one entry into the request pipeline and its one exit.
 //!
 //! Entry: [`lookup`](super::lookup::lookup) returns a [`Plan`]: answer from the store, or go
-//! upstream with the [`Flow`] that finishes the request. Exit: [`Flow::forward`] runs the exchange with
-//! the backend (in the background for stale-while-revalidate) and turns its outcome into what
-//! the client gets: the backend's response, teed into the store when it may be stored; a 304
+//! upstream with the [`Flow`] that finishes the request. Exit: [`Flow::finish`] turns the
+//! outcome of the pipeline's exchange with the backend into what the client gets (and
+//! [`Refresh::answer_now`] answers stale-while-revalidate before it, the refresh going on its
+//! own): the backend's response, teed into the store when it may be stored; a 304
 //! merged into the stored response; a stale response when the origin failed and
 //! `stale-if-error` allows it. A route without a cache takes the same exit as [`Flow::Off`].
 
@@ -16,7 +17,9 @@ use super::fill::{Filled, Pending};
 use super::route::CacheResult;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
-use crate::upstream::{self, Attempts, Backend, Lease, PickHint, Pool, Replay};
+use hyper::body::Incoming;
+
+use crate::upstream::{Backend, Lease, PickHint, Pool};
 
 /// What the lookup decided.
 pub enum Plan {
@@ -31,8 +34,8 @@ impl Plan {
         Plan::Go(Flow::Forward(Box::new(p)))
     }
 
-    pub(super) fn refresh(stale: Response<ProxyBody>, p: Pending) -> Plan {
-        Plan::Go(Flow::Refresh(Box::new((stale, p))))
+    pub(super) fn refresh(stale: Response<ProxyBody>, pending: Pending) -> Plan {
+        Plan::Go(Flow::Refresh(Box::new(Refresh { stale, pending })))
     }
 }
 
@@ -44,7 +47,21 @@ pub enum Flow {
     /// [`Pending`] deals with the answer.
     Forward(Box<Pending>),
     /// Answer with this stale response now, and refresh it upstream in the background.
-    Refresh(Box<(Response<ProxyBody>, Pending)>),
+    Refresh(Box<Refresh>),
+}
+
+/// stale-while-revalidate: the stale response the client gets now, and the refresh to run.
+pub struct Refresh {
+    stale: Response<ProxyBody>,
+    pending: Pending,
+}
+
+impl Refresh {
+    /// Send the refresh off on its own, and give the stale response the client gets now.
+    pub fn answer_now(self, pool: Arc<Pool>, req: Request<ProxyBody>, hint: PickHint) -> Response<ProxyBody> {
+        tokio::spawn(self.pending.refresh(pool, req, hint));
+        self.stale
+    }
 }
 
 /// What the client gets once the upstream side is done.
@@ -65,56 +82,48 @@ pub enum Answer {
     Stored(Response<ProxyBody>),
 }
 
-/// The outcome of phases 6 and 7, with what the accounting needs to know of them.
+/// The outcome of phase 7, with the cache result the accounting counts.
 pub struct Exchange {
     pub answer: Result<Answer, ProxyError>,
     /// The route's cache result (None on a route without a cache, and for upgrades).
     pub cache: Option<CacheResult>,
-    pub attempts: Attempts,
 }
 
-impl Exchange {
-    fn done(answer: Result<Answer, ProxyError>, cache: Option<CacheResult>, attempts: Attempts) -> Exchange {
-        Exchange {
-            answer,
-            cache,
-            attempts,
-        }
-    }
+fn done(answer: Result<Answer, ProxyError>, cache: Option<CacheResult>) -> Exchange {
+    Exchange { answer, cache }
 }
+
+/// What the backend exchange of phase 6 gave: its response and lease, or why there is none.
+pub type Outcome = Result<(Response<Incoming>, Lease), ProxyError>;
 
 impl Flow {
-    /// Phases 6 (forward) and 7 (store): send `req` to a backend of `pool` and finish what the
-    /// cache planned. `upgrade`: the client asked to switch protocols.
-    pub async fn forward(self, pool: Arc<Pool>, req: Request<ProxyBody>, hint: PickHint, upgrade: bool) -> Exchange {
-        let mut attempts = Attempts::default();
+    /// Phase 7, the cache's one exit: the backend exchange's outcome becomes what the client gets
+    /// (stored, revalidated or stale-if-error on cached routes). `upgrade`: the client asked to
+    /// switch protocols. The exchange itself (`upstream::forward`) is the pipeline's, so that its
+    /// future is not nested in one more.
+    pub fn finish(self, outcome: Outcome, upgrade: bool) -> Exchange {
         let mut pending = match self {
             Flow::Off => None,
             Flow::Forward(p) => Some(p),
-            Flow::Refresh(refresh) => {
-                let (resp, p) = *refresh;
-                // stale-while-revalidate: the client has its answer now; the refresh runs on its own.
-                tokio::spawn(p.refresh(pool, req, hint));
-                return Exchange::done(Ok(Answer::Stored(resp)), Some(CacheResult::Stale), attempts);
-            }
+            // A refresh flow is answered by Refresh::answer_now, before any exchange.
+            Flow::Refresh(_) => None,
         };
-        let replay = Replay::capture(&req, &pool);
-        let (resp, lease) = match upstream::forward(&pool, req, replay, hint, &mut attempts).await {
+        let (resp, lease) = match outcome {
             Ok(ok) => ok,
             Err(e) => {
                 let Some(p) = pending.as_mut() else {
-                    return Exchange::done(Err(e), None, attempts);
+                    return done(Err(e), None);
                 };
                 let (answer, result) = match p.stale_on_error(None) {
                     Some(stale) => (Ok(Answer::Stored(stale)), CacheResult::Stale),
                     None => (Err(e), p.result_on_error()),
                 };
-                return Exchange::done(answer, Some(result), attempts);
+                return done(answer, Some(result));
             }
         };
         let (mut parts, body) = resp.into_parts();
         if upgrade && parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            return Exchange::done(Ok(Answer::Switched { parts, lease }), None, attempts);
+            return done(Ok(Answer::Switched { parts, lease }), None);
         }
         let backend = lease.backend().clone();
         let body = ProxyBody::Upstream(UpstreamBody::new(body, lease));
@@ -125,7 +134,7 @@ impl Flow {
                 backend,
                 cache_status: None,
             };
-            return Exchange::done(Ok(answer), None, attempts);
+            return done(Ok(answer), None);
         };
         let (filled, result) = p.on_response(&mut parts, body);
         let answer = match filled {
@@ -137,6 +146,6 @@ impl Flow {
             },
             Filled::FromCache(resp) => Answer::Stored(resp),
         };
-        Exchange::done(Ok(answer), Some(result), attempts)
+        done(Ok(answer), Some(result))
     }
 }

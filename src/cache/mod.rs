@@ -1,5 +1,5 @@
 //! The response cache (RFC 9111 shared cache): the rules as pure functions, the store, and the
-//! two places the request pipeline meets it: [`lookup`] (phase 3) and [`Flow::forward`]
+//! two places the request pipeline meets it: [`lookup`] (phase 3) and [`Flow::finish`]
 //! (phases 6 and 7).
 //!
 //! - `rules`: what RFC 9111 says, as pure functions (freshness, storability, Vary, dates).
@@ -18,7 +18,7 @@ pub mod rules;
 pub mod store;
 mod tee;
 
-pub use flow::{Answer, Exchange, Flow, Plan};
+pub use flow::{Answer, Exchange, Flow, Outcome, Plan, Refresh};
 pub use lookup::{lookup, primary_key};
 pub use route::{CacheResult, RouteCache};
 pub use store::{Cache, Purge};

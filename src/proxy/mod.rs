@@ -26,12 +26,12 @@ pub use account::{error_response, Account, ResponseBody};
 
 use crate::accesslog::flags;
 use crate::body::{self, ClientBody, ProxyBody};
-use crate::cache::{self, Answer, Plan};
+use crate::cache::{self, Answer, Flow, Plan};
 use crate::clock;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::state::{PoolId, Route, RouteId, State};
-use crate::upstream::{Lease, PickHint, Pool};
+use crate::upstream::{self, Attempts, Lease, PickHint, Pool, Replay};
 use affinity::Affinity;
 use split::Target;
 
@@ -124,11 +124,21 @@ async fn pipeline(
     let upstream_req = upstream_request(parts, body, host, conn, route);
     // 6a mirror: a copy for the route's shadow pool, sent on its own.
     let upstream_req = state.mirrors.tee(route_id.index(), upstream_req);
-    let exchange = flow.forward(pool.clone(), upstream_req, hint, upgrade).await;
-    count_cache(route, account, exchange.cache);
-    if exchange.attempts.retried {
+    let flow = match flow {
+        Flow::Refresh(refresh) => {
+            count_cache(route, account, Some(cache::CacheResult::Stale));
+            return Ok(refresh.answer_now(pool, upstream_req, hint));
+        }
+        flow => flow,
+    };
+    let mut attempts = Attempts::default();
+    let replay = Replay::capture(&upstream_req, &pool);
+    let outcome = upstream::forward(&pool, upstream_req, replay, hint, &mut attempts).await;
+    if attempts.retried {
         account.note(|l| l.flags |= flags::RETRIED);
     }
+    let exchange = flow.finish(outcome, upgrade);
+    count_cache(route, account, exchange.cache);
     // 8 respond
     let (mut resp, served_by, switched) = match exchange.answer? {
         Answer::Stored(resp) => return Ok(resp),
