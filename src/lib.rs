@@ -10,7 +10,9 @@
 //! - [`upstream`]: backends, their idle connections, dialing, forwarding and retries.
 //! - [`listener`]: binding, accepting under the connection limit, serving connections; the
 //!   client limits (`listener::guard`) and the HTTP/1 framing scanner (`listener::framing`).
-//! - [`admin`]: the admin API; `admin::metrics` names every metric.
+//! - [`admin`]: the admin API; `admin::metrics` names every metric; `admin::page` is the
+//!   status page at `/`, `admin::report` the parts of `/status` it needs (reloads, certificates,
+//!   counters), `admin::cli` the `waypost status` command.
 //! - [`app`]: start-up, worker runtimes, signals, reload, graceful shutdown.
 //! - [`error`]: the one error table (status, body, blame, retry rules).
 //! - [`accesslog`]: JSON / combined access log written off the request path.

@@ -104,7 +104,20 @@ cookie = "aff"
     .await;
     assert_eq!(r.status(), 401);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, status) = p.admin_get("/status").await;
+    // /status needs the token when one is set; with it, it still never shows the token.
+    let (code, _) = p.admin_get("/status").await;
+    assert_eq!(code, 401, "GET /status without the token");
+    let r = send(
+        p.admin,
+        Request::get("/status")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let status = String::from_utf8_lossy(r.body()).into_owned();
+    assert!(status.contains("\"generation\""), "{status}");
     let (_, metrics) = p.admin_get("/metrics").await;
     let logs = format!("{}\n{}", p.stderr(), p.stdout_lines().join("\n"));
     assert!(
