@@ -99,7 +99,11 @@ fn main() -> ExitCode {
             let opts = waypost::admin::cli::Options {
                 config: &cli.config,
                 admin: admin.as_deref(),
-                interval: std::time::Duration::from_secs_f64(if interval.is_finite() { interval.clamp(0.0, 60.0) } else { 0.0 }),
+                interval: std::time::Duration::from_secs_f64(if interval.is_finite() {
+                    interval.clamp(0.0, 60.0)
+                } else {
+                    0.0
+                }),
                 color: !no_color && std::env::var_os("NO_COLOR").is_none(),
             };
             match waypost::admin::cli::run(&opts) {

@@ -67,7 +67,9 @@ fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
     panels(d["panels"].as_array().expect("panels"), &mut all);
     for p in all {
         for t in p["targets"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            let e = t["expr"].as_str().unwrap_or_else(|| panic!("a target without expr in {}", p["title"]));
+            let e = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a target without expr in {}", p["title"]));
             out.push((format!("panel {:?} target {}", p["title"], t["refId"]), e.to_string()));
         }
     }
@@ -80,8 +82,16 @@ fn dashboard_exprs(d: &Value) -> Vec<(String, String)> {
         if v["type"] != "query" {
             continue;
         }
-        let q = v["query"]["query"].as_str().or(v["query"].as_str()).expect("a variable query");
-        assert_eq!(v["definition"].as_str(), Some(q), "variable {}: definition and query agree", v["name"]);
+        let q = v["query"]["query"]
+            .as_str()
+            .or(v["query"].as_str())
+            .expect("a variable query");
+        assert_eq!(
+            v["definition"].as_str(),
+            Some(q),
+            "variable {}: definition and query agree",
+            v["name"]
+        );
         let inner = q
             .strip_prefix("label_values(")
             .and_then(|r| r.strip_suffix(')'))
@@ -200,7 +210,10 @@ pool = "flaky"
     }
     for a in addrs {
         assert!(
-            eventually(Duration::from_secs(10), || async { ops_support::backend_state(p, a).await == "down" }).await,
+            eventually(Duration::from_secs(10), || async {
+                ops_support::backend_state(p, a).await == "down"
+            })
+            .await,
             "{a} never went down"
         );
     }
@@ -288,12 +301,28 @@ async fn every_dashboard_and_alert_expression_parses_and_names_exported_metrics(
 #[test]
 fn promtool_checks_and_tests_the_alerting_rules() {
     let dir = repo("docs/prometheus");
-    let out = promtool().args(["check", "rules", "alerts.yml"]).current_dir(&dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = promtool()
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool check rules:\n{text}");
     assert!(text.contains("4 rules found"), "{text}");
-    let out = promtool().args(["test", "rules", "alerts_test.yml"]).current_dir(&dir).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = promtool()
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool test rules:\n{text}");
     // Each of the four alerts has a case that fires.
     let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
@@ -326,17 +355,35 @@ fn the_dashboard_matches_its_declared_schema_version() {
     let panels = d["panels"].as_array().unwrap();
     let mut ids = HashSet::new();
     let mut cells: HashSet<(i64, i64)> = HashSet::new();
-    let known = ["row", "timeseries", "stat", "bargauge", "gauge", "table", "state-timeline", "text"];
+    let known = [
+        "row",
+        "timeseries",
+        "stat",
+        "bargauge",
+        "gauge",
+        "table",
+        "state-timeline",
+        "text",
+    ];
     let ds_ok = |v: &Value, place: &str| {
-        assert!(v.is_object(), "{place}: datasource must be an object {{type, uid}} at schema 39, got {v}");
+        assert!(
+            v.is_object(),
+            "{place}: datasource must be an object {{type, uid}} at schema 39, got {v}"
+        );
         assert_eq!(v["type"], "prometheus", "{place}");
         assert_eq!(v["uid"], "${datasource}", "{place}");
     };
     for p in panels {
         let title = p["title"].as_str().unwrap_or("?").to_string();
-        assert!(ids.insert(p["id"].as_i64().expect("an integer id")), "duplicate id in {title}");
+        assert!(
+            ids.insert(p["id"].as_i64().expect("an integer id")),
+            "duplicate id in {title}"
+        );
         let ty = p["type"].as_str().unwrap();
-        assert!(known.contains(&ty), "{title}: panel type {ty} is not one of schema 39's");
+        assert!(
+            known.contains(&ty),
+            "{title}: panel type {ty} is not one of schema 39's"
+        );
         let g = &p["gridPos"];
         let (x, y, w, h) = (
             g["x"].as_i64().unwrap(),
@@ -344,7 +391,10 @@ fn the_dashboard_matches_its_declared_schema_version() {
             g["w"].as_i64().unwrap(),
             g["h"].as_i64().unwrap(),
         );
-        assert!(x >= 0 && w > 0 && x + w <= 24 && h > 0 && y >= 0, "{title}: gridPos {g}");
+        assert!(
+            x >= 0 && w > 0 && x + w <= 24 && h > 0 && y >= 0,
+            "{title}: gridPos {g}"
+        );
         for cx in x..x + w {
             for cy in y..y + h {
                 assert!(cells.insert((cx, cy)), "{title} overlaps another panel at ({cx}, {cy})");
@@ -355,7 +405,10 @@ fn the_dashboard_matches_its_declared_schema_version() {
             continue;
         }
         ds_ok(&p["datasource"], &title);
-        assert!(p["fieldConfig"]["defaults"].is_object() && p["fieldConfig"]["overrides"].is_array(), "{title}");
+        assert!(
+            p["fieldConfig"]["defaults"].is_object() && p["fieldConfig"]["overrides"].is_array(),
+            "{title}"
+        );
         assert!(p["options"].is_object(), "{title}");
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title}");

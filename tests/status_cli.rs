@@ -48,11 +48,24 @@ async fn status_prints_the_tables_and_exits_1_while_a_pool_has_no_healthy_backen
     let mut rich = ops_support::start().await;
     let admin = rich.proxy.admin.to_string();
     let none = "/nonexistent/waypost.toml";
-    let o = status(&["--config", none, "--admin", &admin, "--interval", "0.5"], Some(ops_support::TOKEN));
+    let o = status(
+        &["--config", none, "--admin", &admin, "--interval", "0.5"],
+        Some(ops_support::TOKEN),
+    );
     assert_eq!(o.code, Some(0), "{}\n{}", o.stdout, o.stderr);
     let out = &o.stdout;
     assert!(!out.contains("\x1b["), "no colour when not on a terminal");
-    for head in ["LISTENER", "ROUTE", "POOL", "BACKEND", "DATA CENTER", "REGION", "CACHE", "CERTIFICATE", "RELOAD"] {
+    for head in [
+        "LISTENER",
+        "ROUTE",
+        "POOL",
+        "BACKEND",
+        "DATA CENTER",
+        "REGION",
+        "CACHE",
+        "CERTIFICATE",
+        "RELOAD",
+    ] {
         assert!(out.contains(head), "no {head} table:\n{out}");
     }
     for b in [rich.eu[0].addr, rich.eu[1].addr, rich.us.addr] {
@@ -64,9 +77,15 @@ async fn status_prints_the_tables_and_exits_1_while_a_pool_has_no_healthy_backen
     let cert = line_with(out, "site.crt");
     assert!(cert.contains("https") && cert.contains("localhost"), "{cert}");
     let days: f64 = cert.split_whitespace().last().unwrap().parse().unwrap();
-    assert!((9.0..=10.0).contains(&days), "the certificate expires in 10 days: {cert}");
+    assert!(
+        (9.0..=10.0).contains(&days),
+        "the certificate expires in 10 days: {cert}"
+    );
     let failed = line_with(out, "failed");
-    assert!(failed.contains("unknown key"), "the failed reload and its error: {failed}");
+    assert!(
+        failed.contains("unknown key"),
+        "the failed reload and its error: {failed}"
+    );
     assert!(line_with(out, "start").contains("ok"));
     assert!(line_with(out, "requests ").contains("/s"), "a request rate: {out}");
     assert!(line_with(out, "http ").contains("/s"), "a listener's rate: {out}");
@@ -78,24 +97,48 @@ async fn status_prints_the_tables_and_exits_1_while_a_pool_has_no_healthy_backen
     let us = rich.us.addr;
     std::mem::replace(&mut rich.us, TestBackend::start("placeholder").await.unwrap()).kill();
     assert!(
-        eventually(Duration::from_secs(10), || async { ops_support::backend_state(&rich.proxy, us).await == "down" }).await
+        eventually(Duration::from_secs(10), || async {
+            ops_support::backend_state(&rich.proxy, us).await == "down"
+        })
+        .await
     );
-    let o = status(&["--config", none, "--admin", &admin, "--interval", "0"], Some(ops_support::TOKEN));
+    let o = status(
+        &["--config", none, "--admin", &admin, "--interval", "0"],
+        Some(ops_support::TOKEN),
+    );
     assert_eq!(o.code, Some(1), "{}\n{}", o.stdout, o.stderr);
     assert!(line_with(&o.stdout, &us.to_string()).contains(" down "));
-    assert!(o.stdout.contains("pool \"web-us\" has no healthy backend"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("pool \"web-us\" has no healthy backend"),
+        "{}",
+        o.stdout
+    );
     assert!(line_with(&o.stdout, "us-east").contains("no healthy pool"));
     assert!(
         line_with(&o.stdout, "na ").contains("eu-west (failed over)"),
         "{}",
         o.stdout
     );
-    assert_eq!(o.stdout.lines().filter(|l| l.contains("has no healthy backend")).count(), 1);
+    assert_eq!(
+        o.stdout
+            .lines()
+            .filter(|l| l.contains("has no healthy backend"))
+            .count(),
+        1
+    );
 
     // Back: exit 0 again.
     let _back = TestBackend::start_on(us, "us-1-again").await.unwrap();
-    assert!(eventually(Duration::from_secs(10), || async { ops_support::backend_state(&rich.proxy, us).await == "up" }).await);
-    let o = status(&["--config", none, "--admin", &admin, "--interval", "0"], Some(ops_support::TOKEN));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ops_support::backend_state(&rich.proxy, us).await == "up"
+        })
+        .await
+    );
+    let o = status(
+        &["--config", none, "--admin", &admin, "--interval", "0"],
+        Some(ops_support::TOKEN),
+    );
     assert_eq!(o.code, Some(0), "{}\n{}", o.stdout, o.stderr);
 
     // No token, a wrong one: 2, and it says what to do.
@@ -117,7 +160,10 @@ async fn status_reads_the_admin_address_and_token_file_from_the_config() {
     std::fs::write(&token_file, "from-the-file\n").unwrap();
     let cfg = simple_config(&[b.addr], "").replace(
         "[admin]\nbind = \"127.0.0.1:0\"",
-        &format!("[admin]\nbind = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"", token_file.display()),
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
     );
     assert!(cfg.contains(&format!("127.0.0.1:{port}")), "{cfg}");
     let p = Proxy::start(&cfg);

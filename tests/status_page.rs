@@ -77,18 +77,12 @@ impl Driver {
             .method(method)
             .uri(path)
             .header("content-type", "application/json; charset=utf-8")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
             .unwrap();
         let r = send(self.addr, req).await;
         let v: Value = serde_json::from_slice(r.body())
             .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {:?}", r.body()));
-        assert!(
-            r.status().is_success(),
-            "{method} {path} answered {}: {v}",
-            r.status()
-        );
+        assert!(r.status().is_success(), "{method} {path} answered {}: {v}", r.status());
         v["value"].clone()
     }
 
@@ -144,7 +138,10 @@ impl Session<'_> {
             }
             if std::time::Instant::now() > deadline {
                 let text = self.js("return document.body.innerText;").await;
-                panic!("the page never showed {what} ({script}); it shows:\n{}", text.as_str().unwrap_or(""));
+                panic!(
+                    "the page never showed {what} ({script}); it shows:\n{}",
+                    text.as_str().unwrap_or("")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -231,8 +228,12 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
     s.goto(&page).await;
 
     // A token is set: the page asks for it, refuses a wrong one, takes the right one.
-    s.until("the login form", "!document.getElementById('login').classList.contains('hidden')", Duration::from_secs(10))
-        .await;
+    s.until(
+        "the login form",
+        "!document.getElementById('login').classList.contains('hidden')",
+        Duration::from_secs(10),
+    )
+    .await;
     s.type_into("#token", "not-the-token").await;
     s.click("#login-form button").await;
     s.until(
@@ -246,7 +247,10 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
     let refused = s.log().await;
     let errors = severe(&refused);
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert!(errors[0].contains("/status") && errors[0].contains("401"), "{errors:#?}");
+    assert!(
+        errors[0].contains("/status") && errors[0].contains("401"),
+        "{errors:#?}"
+    );
     s.type_into("#token", ops_support::TOKEN).await;
     s.click("#login-form button").await;
     s.until(
@@ -264,8 +268,12 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
 
     // Every section is drawn from live state.
     let b2 = rich.eu_addr(1);
-    s.until("b2 up", &format!("{}.dataset.state === 'up'", row(b2)), Duration::from_secs(10))
-        .await;
+    s.until(
+        "b2 up",
+        &format!("{}.dataset.state === 'up'", row(b2)),
+        Duration::from_secs(10),
+    )
+    .await;
     // A second poll: rates are computed between two readings.
     s.until(
         "a request rate",
@@ -295,19 +303,30 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
     let days = s
         .js("return [...document.querySelectorAll('#certs td')].map(td => td.textContent).join('|');")
         .await;
-    assert!(days.as_str().unwrap().contains("|9.") || days.as_str().unwrap().contains("|10"), "{days}");
+    assert!(
+        days.as_str().unwrap().contains("|9.") || days.as_str().unwrap().contains("|10"),
+        "{days}"
+    );
 
     // Traffic while the page watches, then kill a backend: it turns down on the page.
     traffic_burst(&rich.proxy).await;
     let killed = rich.eu.remove(1);
     killed.kill();
-    s.until("b2 down", &format!("{}.dataset.state === 'down'", row(b2)), Duration::from_secs(15))
-        .await;
+    s.until(
+        "b2 down",
+        &format!("{}.dataset.state === 'down'", row(b2)),
+        Duration::from_secs(15),
+    )
+    .await;
     let shot = s.screenshot("status-page.png").await;
     eprintln!("screenshot: {}", shot.display());
     let back = TestBackend::start_on(b2, "eu-2-again").await.unwrap();
-    s.until("b2 up again", &format!("{}.dataset.state === 'up'", row(b2)), Duration::from_secs(15))
-        .await;
+    s.until(
+        "b2 up again",
+        &format!("{}.dataset.state === 'up'", row(b2)),
+        Duration::from_secs(15),
+    )
+    .await;
     // The page agrees with /status.
     assert_eq!(ops_support::backend_state(&rich.proxy, b2).await, "up");
 
@@ -323,7 +342,10 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
     let overflow = s
         .js("return document.documentElement.scrollWidth - window.innerWidth;")
         .await;
-    assert!(overflow.as_i64().unwrap() <= 0, "the page is wider than a phone by {overflow} px");
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is wider than a phone by {overflow} px"
+    );
     // Stacked tables on a phone: the column names move into each cell.
     let stacked = s
         .js("return getComputedStyle(document.querySelector('#pools thead')).display;")

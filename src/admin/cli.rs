@@ -203,7 +203,9 @@ fn s(v: &Value) -> String {
 }
 
 fn num(v: &Value, digits: usize) -> String {
-    v.as_f64().map(|f| format!("{f:.digits$}")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|f| format!("{f:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn rate(now: &Value, before: Option<&Value>, dt: f64) -> String {
@@ -379,15 +381,16 @@ pub fn render(st: &Value, before: Option<&Value>, addr: SocketAddr, color: bool)
 
     let mut t = Table::new(&["LISTENER", "ADDRESS", "OPEN CONNS", "REQUESTS"]);
     let by_name = |v: Option<&Value>, key: &str, name: &str| -> Option<Value> {
-        arr(&v?[key])
-            .iter()
-            .find(|x| x["name"].as_str() == Some(name))
-            .cloned()
+        arr(&v?[key]).iter().find(|x| x["name"].as_str() == Some(name)).cloned()
     };
     for l in arr(&st["listeners"]) {
         let name = l["name"].as_str().unwrap_or("");
         let now = by_name(Some(req), "listeners", name).map(|x| x["total"].clone());
-        let then = breq.map(|b| by_name(Some(b), "listeners", name).map(|x| x["total"].clone()).unwrap_or(Value::from(0)));
+        let then = breq.map(|b| {
+            by_name(Some(b), "listeners", name)
+                .map(|x| x["total"].clone())
+                .unwrap_or(Value::from(0))
+        });
         t.row(vec![
             name.into(),
             s(&l["address"]).into(),
@@ -429,7 +432,12 @@ pub fn render(st: &Value, before: Option<&Value>, addr: SocketAddr, color: bool)
             },
             path.into(),
             pool.into(),
-            rate(&zero(&now["total"]), then.as_ref().map(|t| zero(&t["total"])).as_ref(), dt).into(),
+            rate(
+                &zero(&now["total"]),
+                then.as_ref().map(|t| zero(&t["total"])).as_ref(),
+                dt,
+            )
+            .into(),
             rate(
                 &zero(&now["status_classes"]["5xx"]),
                 then.as_ref().map(|t| zero(&t["status_classes"]["5xx"])).as_ref(),

@@ -215,7 +215,9 @@ pub fn counters(exposition: &str) -> (Value, Value) {
             if let Some(c) = by_class.get_mut(class) {
                 *c += n;
             }
-            *listeners.entry(s.label("listener").unwrap_or("").to_string()).or_default() += n;
+            *listeners
+                .entry(s.label("listener").unwrap_or("").to_string())
+                .or_default() += n;
             let route = routes.entry(s.label("route").unwrap_or("").to_string()).or_default();
             *route.entry(class.to_string()).or_default() += n;
             *route.entry("total".into()).or_default() += n;
@@ -260,7 +262,8 @@ mod tests {
 
     #[test]
     fn a_sample_line_parses_with_escaped_label_values() {
-        let s = parse_sample(r#"waypost_requests_total{listener="http",route="a\"b\\c",status_class="2xx"} 42"#).unwrap();
+        let s =
+            parse_sample(r#"waypost_requests_total{listener="http",route="a\"b\\c",status_class="2xx"} 42"#).unwrap();
         assert_eq!(s.name, "waypost_requests_total");
         assert_eq!(s.label("route"), Some("a\"b\\c"));
         assert_eq!(s.label("status_class"), Some("2xx"));

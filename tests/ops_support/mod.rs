@@ -41,9 +41,7 @@ fn short_lived_cert(dir: &std::path::Path, days: i64) -> (PathBuf, PathBuf) {
     let date = waypost::admin::cli::utc(now + days as f64 * 86_400.0);
     let ymd: Vec<i32> = date[..10].split('-').map(|p| p.parse().unwrap()).collect();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
     params.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -225,7 +223,10 @@ pub async fn start_with(extra: &str) -> Rich {
     // Every backend checked up before traffic starts.
     for addr in [rich.eu[0].addr, rich.eu[1].addr, rich.us.addr] {
         assert!(
-            eventually(Duration::from_secs(10), || async { backend_state(&rich.proxy, addr).await == "up" }).await,
+            eventually(Duration::from_secs(10), || async {
+                backend_state(&rich.proxy, addr).await == "up"
+            })
+            .await,
             "{addr} never came up: {}",
             status(&rich.proxy).await
         );
