@@ -82,8 +82,12 @@ mod tests {
     fn the_page_is_self_contained() {
         // Nothing fetched from elsewhere: no src/href to another origin, no protocol-relative
         // URL, and exactly one inline script and style (the CSP hashes name those).
-        for bad in ["http://", "https://", "src=\"//", "href=\"//", "<link", "@import"] {
+        for bad in ["http://", "https://", "src=", "@import", "url("] {
             assert!(!HTML.contains(bad), "the page refers to {bad}");
+        }
+        // The only link is the icon, inline (else browsers fetch /favicon.ico: a 404).
+        for (i, _) in HTML.match_indices("href=\"") {
+            assert!(HTML[i + 6..].starts_with("data:"), "{}", &HTML[i..i + 40]);
         }
         assert_eq!(HTML.matches("<script>").count(), 1);
         assert_eq!(HTML.matches("<style>").count(), 1);
