@@ -82,10 +82,9 @@ grep -q 'address' <<<"$active" && fail "the default config has an active backend
 grep -Eq '^bind = "127\.0\.0\.1:[0-9]+"' <<<"$active" || fail "admin is not on loopback"
 
 step "systemd-analyze verify"
-out=$(systemd-analyze verify /lib/systemd/system/waypost.service /lib/systemd/system/waypost.socket 2>&1) ||
+out=$(systemd-analyze verify --man=no /lib/systemd/system/waypost.service /lib/systemd/system/waypost.socket 2>&1) ||
     fail "systemd-analyze verify: $out"
-# Messages about the host's own units are not ours; any about waypost are.
-if grep -i "waypost" <<<"$out"; then fail "systemd-analyze verify complains about waypost"; fi
+[ -z "$out" ] || fail "systemd-analyze verify says: $out"
 
 step "logrotate -d"
 out=$(logrotate -d /etc/logrotate.d/waypost 2>&1) || fail "logrotate: $out"

@@ -303,9 +303,14 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
     let days = s
         .js("return [...document.querySelectorAll('#certs td')].map(td => td.textContent).join('|');")
         .await;
+    let left: f64 = days.as_str().unwrap().rsplit('|').next().unwrap().parse().unwrap();
+    assert!((8.9..=10.0).contains(&left), "{days}");
+    let flagged = s
+        .js("return document.querySelector('#certs td:last-child .badge').className;")
+        .await;
     assert!(
-        days.as_str().unwrap().contains("|9.") || days.as_str().unwrap().contains("|10"),
-        "{days}"
+        flagged.as_str().unwrap().contains("s-down"),
+        "under 14 days is red: {flagged}"
     );
 
     // Traffic while the page watches, then kill a backend: it turns down on the page.

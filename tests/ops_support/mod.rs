@@ -233,8 +233,15 @@ pub async fn start_with(extra: &str) -> Rich {
     }
     traffic(&rich.proxy).await;
     // One broken reload: the config file gains an unknown key, then is put back.
-    let good = std::fs::read_to_string(&rich.proxy.config_path).unwrap();
-    std::fs::write(&rich.proxy.config_path, format!("{good}\ncolour = \"red\"\n")).unwrap();
+    // Both writes replace the file by rename: the config watcher never sees it half written.
+    let path = rich.proxy.config_path.clone();
+    let replace = |text: &str| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    let good = std::fs::read_to_string(&path).unwrap();
+    replace(&format!("{good}\ncolour = \"red\"\n"));
     let r = send(
         rich.proxy.admin,
         Request::post("/reload")
@@ -244,7 +251,7 @@ pub async fn start_with(extra: &str) -> Rich {
     )
     .await;
     assert_eq!(r.status(), 422, "{:?}", r.body());
-    std::fs::write(&rich.proxy.config_path, good).unwrap();
+    replace(&good);
     rich
 }
 
