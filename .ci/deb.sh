@@ -77,9 +77,10 @@ getent group waypost >/dev/null || fail "no waypost group"
 step "the default config: valid, admin on loopback, no backends"
 runuser -u waypost -- /usr/bin/waypost check --config /etc/waypost/waypost.toml ||
     fail "the default config fails waypost check (as the waypost user)"
-active=$(grep -v '^[[:space:]]*#' /etc/waypost/waypost.toml)
-grep -q 'address' <<<"$active" && fail "the default config has an active backend address"
-grep -Eq '^bind = "127\.0\.0\.1:[0-9]+"' <<<"$active" || fail "admin is not on loopback"
+active=$(sed 's/#.*//' /etc/waypost/waypost.toml)
+grep -Eq '^[[:space:]]*(backends|\[\[pool\]\])' <<<"$active" && fail "the default config has an active pool or backend"
+admin_bind=$(awk '/^\[/{section=$0} section=="[admin]" && /^bind/{print $3}' <<<"$active")
+grep -Eq '^"127\.0\.0\.1:[0-9]+"$' <<<"$admin_bind" || fail "admin is not on loopback: $admin_bind"
 
 step "systemd-analyze verify"
 out=$(systemd-analyze verify --man=no /lib/systemd/system/waypost.service /lib/systemd/system/waypost.socket 2>&1) ||
@@ -91,6 +92,14 @@ out=$(logrotate -d /etc/logrotate.d/waypost 2>&1) || fail "logrotate: $out"
 if grep -qiE "^error|error:" <<<"$out"; then fail "logrotate: $out"; fi
 grep -q "postrotate" /etc/logrotate.d/waypost && grep -q "USR1" /etc/logrotate.d/waypost ||
     fail "logrotate does not signal USR1"
+# A forced rotation: the old file moves aside, a new one is created for the service user.
+runuser -u waypost -- sh -c 'echo "{}" >/var/log/waypost/access.log'
+state=$(mktemp)
+logrotate -f -s "$state" /etc/logrotate.d/waypost || fail "logrotate -f"
+rm -f "$state"
+[ -s /var/log/waypost/access.log.1 ] || fail "access.log was not rotated to access.log.1"
+[ "$(stat -c '%U %a' /var/log/waypost/access.log)" = "waypost 640" ] ||
+    fail "the new access.log: $(stat -c '%U %a' /var/log/waypost/access.log)"
 
 step "upgrade over a config that fails waypost check"
 cp /etc/waypost/waypost.toml /tmp/waypost.toml.deb-test

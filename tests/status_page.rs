@@ -2,7 +2,8 @@
 //! chromedriver's W3C WebDriver HTTP API: the login form takes the admin token (a wrong one is
 //! refused), the page draws every section with no console error, a killed backend turns
 //! "down" on the page and "up" again when it returns, and it fits a phone's width.
-//! Screenshots are kept in target/test-artifacts/ (status-page.png, status-page-phone.png).
+//! Screenshots are kept in target/test-artifacts/: status-page.png (desktop, a backend down),
+//! status-page-phone.png (the whole page at 390 px) and status-page-phone-top.png (one screen).
 //!
 //! chromium and chromium-driver come from Debian; the project's test command
 //! (`bash .ci/test.sh`) installs them when missing.
@@ -356,6 +357,7 @@ async fn the_status_page_shows_backends_going_down_and_up_without_console_errors
         .js("return getComputedStyle(document.querySelector('#pools thead')).display;")
         .await;
     assert_eq!(stacked, "none", "tables stack on a phone");
+    s.screenshot("status-page-phone-top.png").await;
     let full = s.js("return document.documentElement.scrollHeight;").await;
     s.cdp(
         "Emulation.setDeviceMetricsOverride",
