@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 #   sslscan     the TLS scan of a listener (tests/tls.rs)
 #   openssl     RSA (PKCS#1, PKCS#8) and EC (SEC1) keys for tests/tls.rs
 #   redis-server  the Redis that shares rate limits between instances (tests/ratelimit_redis.rs)
-APT_PACKAGES="prometheus systemd sslscan openssl redis-server"
+#   chromium chromium-driver  the status page in a headless browser (tests/status_page.rs)
+#   logrotate dpkg-dev adduser  the Debian package check (.ci/deb.sh)
+APT_PACKAGES="prometheus systemd sslscan openssl redis-server chromium chromium-driver logrotate dpkg-dev adduser"
 
 missing=()
 for pkg in $APT_PACKAGES; do
@@ -38,6 +40,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installed in $((SECONDS - started))s"
 fi
 
+# cargo-deb builds the Debian package (.ci/deb.sh); from crates.io, a few minutes to build.
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "test.sh: cargo install cargo-deb"
+    cargo install cargo-deb --locked
+fi
+
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -46,6 +54,12 @@ cargo clippy --all-targets -- -D warnings
 
 echo "test.sh: cargo test"
 cargo test
+
+# The Debian package: a release build with cargo-deb (about 6 minutes; skipped when the
+# package in target/debian is newer than its sources), installed with dpkg -i, checked and
+# purged. A separate step so that `cargo test` stays a debug build.
+echo "test.sh: Debian package (.ci/deb.sh)"
+bash .ci/deb.sh
 
 # The fuzz targets (fuzz/, its own crate; docs/fuzzing.md). cargo test above already replays
 # their committed corpora on stable (tests/fuzz_corpus.rs); this proves the targets build. A

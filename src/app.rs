@@ -34,6 +34,8 @@ pub struct Shared {
     workers: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     reload_lock: tokio::sync::Mutex<()>,
     pub last_reload: Mutex<LastReload>,
+    /// The start and the latest reloads, for /status.
+    pub reloads: admin::report::ReloadHistory,
     /// Active health probes, kept in step with the State.
     prober: Prober,
     /// Backend host names: last good answers and their refresh tasks.
@@ -226,6 +228,7 @@ async fn control(config: Config, config_path: Option<PathBuf>, workers: usize, o
             errors: vec![],
         }),
         last_success: AtomicU64::new(0),
+        reloads: admin::report::ReloadHistory::started(crate::clock::unix_f64()),
         prober: Prober::default(),
         dns,
         spare: Mutex::new(origin.inherited),
@@ -424,6 +427,9 @@ async fn reload_locked(shared: &Arc<Shared>) -> ReloadOutcome {
             tracing::error!("reload rejected: {e}");
         }
         metrics::reload(false);
+        shared
+            .reloads
+            .record_reload(crate::clock::unix_f64(), false, current.generation, &errors);
         if let Ok(mut l) = shared.last_reload.lock() {
             *l = LastReload {
                 ok: false,
@@ -542,6 +548,7 @@ async fn reload_locked(shared: &Arc<Shared>) -> ReloadOutcome {
     }
     metrics::reload(true);
     let t = shared.mark_success(generation);
+    shared.reloads.record_reload(t, true, generation, &[]);
     if let Ok(mut l) = shared.last_reload.lock() {
         *l = LastReload {
             ok: true,

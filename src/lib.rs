@@ -2,7 +2,9 @@
 //!
 //! Crate map (read this first; docs/design.md draws it). Dependencies point downward:
 //! - app level: [`app`] (start-up, worker runtimes, signals, reload, graceful shutdown),
-//!   [`admin`] (the admin API; `admin::metrics` names every metric), [`lifecycle`] (watchdog,
+//!   [`admin`] (the admin API; `admin::metrics` names every metric, `admin::page` is the status
+//!   page at `/`, `admin::report` what `/status` adds for it, `admin::cli` `waypost status`),
+//!   [`lifecycle`] (watchdog,
 //!   config-file watcher, binary upgrade), [`demo`], [`systemd`] (the service manager's protocols).
 //! - [`listener`]: binding, accepting under the connection limit, serving connections; the
 //!   client limits (`listener::guard`), the HTTP/1 framing scanner (`listener::framing`), TLS

@@ -29,6 +29,19 @@ enum Cmd {
     Check,
     /// Start local test backends and the proxy on the built-in demo config.
     Demo,
+    /// Print a running daemon's state (GET /status) as tables; exit 1 if a pool has no
+    /// healthy backend, 2 if the status cannot be read.
+    Status {
+        /// The admin API address (e.g. 127.0.0.1:9901); default: [admin].bind of the config.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Seconds between the two readings that give request rates (0: one reading, no rates).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Never colour the output (it is coloured only on a terminal anyway).
+        #[arg(long)]
+        no_color: bool,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
@@ -75,6 +88,30 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("waypost: {e:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status {
+            admin,
+            interval,
+            no_color,
+        } => {
+            let opts = waypost::admin::cli::Options {
+                config: &cli.config,
+                admin: admin.as_deref(),
+                interval: std::time::Duration::from_secs_f64(if interval.is_finite() {
+                    interval.clamp(0.0, 60.0)
+                } else {
+                    0.0
+                }),
+                color: !no_color && std::env::var_os("NO_COLOR").is_none(),
+            };
+            match waypost::admin::cli::run(&opts) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("waypost status: {}", e.0);
+                    ExitCode::from(2)
                 }
             }
         }

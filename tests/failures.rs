@@ -677,9 +677,26 @@ async fn post_reload_needs_the_bearer_token_when_token_file_is_set() {
     let admin_extra = format!("token_file = \"{}\"", token_path.display());
     let p = Proxy::start(&reload_config(one.addr, &admin_extra));
 
-    // Reads stay open.
-    assert_eq!(p.admin_get("/status").await.0, 200);
+    // Health and metrics stay open; the state in /status needs the token too.
     assert_eq!(p.admin_get("/healthz").await.0, 200);
+    assert_eq!(p.admin_get("/metrics").await.0, 200);
+    assert_eq!(p.admin_get("/status").await.0, 401);
+    let status_with = |token: &'static str| {
+        let admin = p.admin;
+        async move {
+            let r = send(
+                admin,
+                Request::get("/status")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+            (r.status().as_u16(), String::from_utf8_lossy(r.body()).into_owned())
+        }
+    };
+    assert_eq!(status_with("wrong-token").await.0, 401);
+    let generation = |body: String| serde_json::from_str::<serde_json::Value>(&body).unwrap()["generation"].clone();
 
     std::fs::write(&p.config_path, reload_config(two.addr, &admin_extra)).unwrap();
     let (code, body) = admin_post(&p, "/reload", None).await;
@@ -689,7 +706,9 @@ async fn post_reload_needs_the_bearer_token_when_token_file_is_set() {
     // A prefix of the token is not the token.
     let (code, body) = admin_post(&p, "/reload", Some("s3cret")).await;
     assert_eq!(code, 401, "a prefix of the token: {body}");
-    assert_eq!(status_json(&p).await["generation"], 1);
+    let (code, body) = status_with("s3cret-t0ken").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(generation(body), 1);
     let (code, body) = admin_post(&p, "/reload", Some("s3cret-t0ken")).await;
     assert_eq!(code, 200, "right token: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -697,7 +716,7 @@ async fn post_reload_needs_the_bearer_token_when_token_file_is_set() {
     assert_eq!(v["generation"], 2, "{v:#}");
     assert_eq!(echo(&get_req(p.addr(), "/").await)["backend"], "two");
     assert!(
-        !p.stderr().contains("s3cret-t0ken") && !p.admin_get("/status").await.1.contains("s3cret"),
+        !p.stderr().contains("s3cret-t0ken") && !status_with("s3cret-t0ken").await.1.contains("s3cret"),
         "the token leaked into the log or /status"
     );
 }

@@ -93,12 +93,25 @@ async fn no_secret_appears_in_status_metrics_or_logs() {
     )
     .await;
     assert_eq!(r.status(), 401);
+    // /status needs the token when one is set; with it, it still never shows the token.
+    let (code, _) = p.admin_get("/status").await;
+    assert_eq!(code, 401, "GET /status without the token");
     let logs = || format!("{}\n{}", p.stderr(), p.stdout_lines().join("\n"));
     assert!(
         eventually(PATIENCE, || async { logs().contains("colour") }).await,
         "the broken reload was logged (so logs are really checked)"
     );
-    let (_, status) = p.admin_get("/status").await;
+    let r = send(
+        p.admin,
+        Request::get("/status")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let status = String::from_utf8_lossy(r.body()).into_owned();
+    assert!(status.contains("\"generation\""), "{status}");
     let (_, metrics) = p.admin_get("/metrics").await;
     let logs = logs();
     for (place, text) in [

@@ -1,7 +1,11 @@
-//! The admin API on [admin].bind: GET /metrics /healthz /readyz /status, POST /reload
-//! /cache/purge. POST endpoints need the bearer token when one is configured.
+//! The admin API on [admin].bind: GET / (the status page) /metrics /healthz /readyz /status,
+//! POST /reload /cache/purge. GET /status and the POST endpoints need the bearer token when one
+//! is configured; the page itself holds no data and asks for the token.
 
+pub mod cli;
 pub mod metrics;
+pub mod page;
+pub mod report;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -81,7 +85,13 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<By
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/status") => json_reply(StatusCode::OK, status(shared)),
+        (&Method::GET | &Method::HEAD, "/") => page::page(shared.state.load().config.admin.token.is_some()),
+        (&Method::GET, "/status") => {
+            if let Some(denied) = check_token(&req, shared) {
+                return denied;
+            }
+            json_reply(StatusCode::OK, status(shared))
+        }
         (&Method::POST, "/reload") => {
             if let Some(denied) = check_token(&req, shared) {
                 return denied;
@@ -100,7 +110,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<By
             }
             purge(req, shared).await
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/cache/purge") => {
+        (_, "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/cache/purge") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "404 unknown admin endpoint\n"),
@@ -286,12 +296,33 @@ fn geo_status(state: &crate::state::State) -> serde_json::Value {
                 "region": &**name,
                 "order": order.iter().map(|d| &*geo.dc_names[*d]).collect::<Vec<_>>(),
                 "serving": serving.map(|d| &*geo.dc_names[d]),
+                "failed_over": serving.is_some_and(|d| order.first() != Some(&d)),
+            })
+        })
+        .collect();
+    let datacenters: Vec<_> = geo
+        .dc_names
+        .iter()
+        .enumerate()
+        .map(|(d, name)| {
+            let pools: Vec<_> = state
+                .pools
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| geo.pool_dc[*p] == Some(d))
+                .map(|(_, pool)| pool)
+                .collect();
+            json!({
+                "name": &**name,
+                "pools": pools.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+                "healthy": pools.iter().any(|p| p.can_serve(now)),
             })
         })
         .collect();
     json!({
         "default_region": geo.default_region.map(|r| &*geo.region_names[r as usize]),
         "regions": regions,
+        "datacenters": datacenters,
     })
 }
 
@@ -324,17 +355,26 @@ fn status(shared: &Shared) -> serde_json::Value {
                 "name": &*p.name,
                 "balance": p.policy().as_str(),
                 "health_checks": p.health.is_some(),
+                "healthy_backends": p.members.iter().filter(|b| b.is_up()).count(),
                 "panic": p.panic_threshold > 0 && p.members.iter().filter(|b| b.is_up()).count() * 100 < p.panic_threshold as usize * p.members.len(),
                 "backends": p.members.iter().zip(&p.weights).map(|(b, w)| backend_status(p, b, *w)).collect::<Vec<_>>(),
             })
         })
         .collect();
+    let mut rules = report::route_rules(&state);
     let routes: Vec<_> = state
         .routes
         .iter()
-        .map(|r| json!({"name": &*r.name, "pool": &*state.pool(r.pool).name}))
+        .map(|r| {
+            let mut o = json!({"name": &*r.name, "pool": &*state.pool(r.pool).name});
+            if let (Some(serde_json::Value::Object(extra)), Some(o)) = (rules.remove(&*r.name), o.as_object_mut()) {
+                o.extend(extra);
+            }
+            o
+        })
         .collect();
     let last = shared.last_reload.lock().map(|l| l.clone()).unwrap_or_default();
+    let (requests, cache_requests) = report::counters(&metrics::install().render());
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": state.generation,
@@ -348,11 +388,21 @@ fn status(shared: &Shared) -> serde_json::Value {
         "ratelimit": state.ratelimit.status(),
         "pools": pools,
         "routes": routes,
-        "cache": state.cache.as_ref().map(|c| json!({
-            "max_size": c.max_size,
-            "max_object_size": c.max_object_size(),
-            "bytes": c.bytes(),
-            "entries": c.entries(),
-        })),
+        "cache": state.cache.as_ref().map(|c| {
+            c.settle();
+            json!({
+                "max_size": c.max_size,
+                "max_object_size": c.max_object_size(),
+                "bytes": c.bytes(),
+                "entries": c.entries(),
+                "requests": cache_requests["results"],
+                "hit_ratio": cache_requests["hit_ratio"],
+                "routes": cache_requests["routes"],
+            })
+        }),
+        "requests": requests,
+        "reloads": shared.reloads.newest_first(),
+        "certificates": report::certificates(&state),
+        "time_unix": crate::clock::unix_f64(),
     })
 }
